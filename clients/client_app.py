@@ -33,4 +33,6 @@ def query(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    return handler_for(context).train([msg], [context])[0]
+    handler = handler_for(context)
+    with handler.client_state(context):  # error-feedback vectors persist in the node's Context
+        return handler.train([msg], [context])[0]

@@ -52,6 +52,15 @@ class StrategyConfig:
     weighting: str = "num-examples"  # fedavg
     cutoff: int = 100_000            # fedau: interval cutoff K
     m: int = 10                      # afa-cd / afa-cs: answers to wait for per round
+    ef_init: str = "full"            # ef21: first message uncompressed (full) or g_i = 0 (zero)
+
+
+@dataclass(frozen=True)
+class CompressionConfig:
+    name: str = "identity"  # identity | top-k | rand-k | natural
+    k: int = 0              # top-k / rand-k: coordinates sent (or give density)
+    density: float = 0.0    # top-k / rand-k: fraction of coordinates sent
+    unbiased: bool = False  # rand-k scaled by D/k, natural without the 8/9 contraction
 
 
 @dataclass(frozen=True)
@@ -68,6 +77,7 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
     participation: dict = field(default_factory=lambda: {"name": "full"})
     arms: dict = field(default_factory=dict)
 
@@ -235,6 +245,22 @@ def validate(cfg: ExperimentConfig) -> None:
     need(cfg.strategy.weighting in WEIGHTINGS, "strategy.weighting", f"must be one of {WEIGHTINGS}")
     need(cfg.strategy.cutoff >= 1, "strategy.cutoff", "must be >= 1")
     need(cfg.strategy.m >= 1, "strategy.m", "must be >= 1")
+    need(cfg.strategy.ef_init in ("full", "zero"), "strategy.ef_init", f"must be full or zero; got '{cfg.strategy.ef_init}'")
+    _validate_compression(cfg.compression, need)
     need("name" in cfg.participation, "participation.name", "is required")
     need(cfg.participation["name"] in PARTICIPATION, "participation.name",
          f"must be one of {', '.join(PARTICIPATION)}; got '{cfg.participation['name']}'")
+
+
+def _validate_compression(c: CompressionConfig, need) -> None:
+    from .core.compression import COMPRESSORS
+
+    need(c.name in COMPRESSORS, "compression.name", f"must be one of {', '.join(COMPRESSORS)}; got '{c.name}'")
+    sparse = c.name in ("top-k", "rand-k")
+    need(c.k >= 0 and 0 <= c.density <= 1, "compression", "needs k >= 0 and density in [0, 1]")
+    if sparse:
+        need((c.k > 0) != (c.density > 0), "compression", f"{c.name} needs exactly one of k > 0 and density > 0")
+    else:
+        need(c.k == 0 and c.density == 0, "compression", f"{c.name} takes neither k nor density")
+    need(not c.unbiased or c.name in ("rand-k", "natural"), "compression.unbiased",
+         "applies to rand-k and natural only")

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from flwr.app import ArrayRecord
 
-from ..config import ExperimentConfig, arm_configs
+from ..config import ConfigError, ExperimentConfig, arm_configs
 from ..core.params import ParamSpec
 from ..local.evaluate import evaluate
 from ..runtime.inprocess import InProcessGrid
@@ -72,7 +72,10 @@ def run_single(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, 
     spec = ParamSpec.of(eval_model)
     arrays = ArrayRecord(torch_state_dict=eval_model.state_dict())
     limit = cfg.data.eval_samples or None
-    strategy.bind(arrays)
+    try:
+        strategy.bind(arrays)
+    except ValueError as exc:  # e.g. compression.k larger than the model
+        raise ConfigError(str(exc)) from None
 
     metrics_path, ckpt_path = out / "metrics.jsonl", out / "checkpoint.pt"
     first, pending = 1, set()

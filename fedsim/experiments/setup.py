@@ -4,6 +4,7 @@ same objects the same way."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -63,7 +64,9 @@ def make_strategy(cfg: ExperimentConfig, data: ClientData) -> FedsimStrategy:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     s = cfg.strategy
-    common = dict(local_lr=cfg.client.lr, batch_size=cfg.client.batch_size, seed=cfg.seed, server_lr=s.server_lr)
+    common = dict(local_lr=cfg.client.lr, batch_size=cfg.client.batch_size, seed=cfg.seed, server_lr=s.server_lr,
+                  compression=dataclasses.asdict(cfg.compression))
     extra = {"fedavg": {"weighting": s.weighting}, "fedau": {"cutoff": s.cutoff},
-             "afa-cd": {"m": s.m}, "afa-cs": {"m": s.m}}[s.name]
+             "afa-cd": {"m": s.m}, "afa-cs": {"m": s.m}, "ef14": {},
+             "ef21": {"local_steps": cfg.client.local_steps, "ef_init": s.ef_init}}[s.name]
     return STRATEGIES[s.name](participation, **common, **extra)

@@ -3,12 +3,14 @@
 ``ClientHandler`` turns TRAIN messages into replies for a whole cohort at once (the in-process runtime
 hands it every message of a round; a Flower ClientApp hands it one) and answers QUERY messages with
 the partition id the node hosts. It only decodes messages and calls the local trainer: the training
-algorithm lives in ``fedsim.local.reference`` and the worker-side AFA rule in ``fedsim.core.afa``.
+algorithm lives in ``fedsim.local.reference``, the worker-side AFA rule in ``fedsim.core.afa`` and
+the uplink compression / error feedback (with its per-client state) in ``fedsim.local.uplink``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -18,8 +20,10 @@ from ..core import afa
 from ..core.params import ParamSpec
 from ..runtime import protocol as P
 from .reference import Job, job_seed, train_cohort
+from .uplink import Uplink, UplinkSpec
 
 BAD_REQUEST = 400
+UPLINK_STATE = "fedsim.uplink"
 
 
 def partition_id(context: Context) -> int:
@@ -37,6 +41,28 @@ class ClientHandler:
         self.spec = ParamSpec.of(model)
         self.data = train_split
         self.parts = [torch.as_tensor(p, dtype=torch.int64) for p in parts]
+        self.uplink = Uplink(len(self.parts), self.spec.dim)
+
+    def state_dict(self) -> dict:
+        """Client-side state that outlives a round (error-feedback vectors)."""
+        return {"uplink": self.uplink.store.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.uplink.store.load_state_dict(state["uplink"])
+
+    @contextmanager
+    def client_state(self, context: Context):
+        """Load the hosted client's state from ``context.state`` and write it back afterwards: under
+        Flower's runtimes the node Context, not this (possibly re-created) handler, is what persists."""
+        cid = partition_id(context)
+        if UPLINK_STATE in context.state.array_records:
+            self.uplink.store.from_record(cid, context.state.array_records[UPLINK_STATE])
+        try:
+            yield
+        finally:
+            record = self.uplink.store.to_record(cid)
+            if record is not None:
+                context.state[UPLINK_STATE] = record
 
     def query(self, msg: Message, context: Context) -> Message:
         cid = partition_id(context)
@@ -84,6 +110,7 @@ class ClientHandler:
         kind = str(cfg.get("update-kind", P.UPDATE_DELTA))
         if kind not in P.UPDATE_KINDS:
             raise ValueError(f"unknown update-kind '{kind}', expected one of {P.UPDATE_KINDS}")
+        UplinkSpec.from_config(cfg, self.spec.dim)  # a bad compression config is answered before training
         seed = job_seed(int(cfg["seed"]), int(cfg["server-round"]), cid)
         return Job(cid, self.parts[cid], steps, lr, batch, seed)
 
@@ -92,10 +119,12 @@ class ClientHandler:
         update = delta
         if cfg.get("update-kind", P.UPDATE_DELTA) == P.UPDATE_MEAN_GRADIENT:
             update = afa.mean_gradient(delta, torch.tensor(job.local_steps), job.lr)
+        uplink = UplinkSpec.from_config(cfg, self.spec.dim)
+        record = P.flat_record(update) if uplink is None else self.uplink.encode(uplink, job.client, update, job.seed)
         metrics = {"num-examples": self._size(job.client), "partition-id": job.client,
                    "local-steps": job.local_steps, "server-round": int(cfg["server-round"]),
                    "train-loss": loss}
-        return P.train_reply(msg, update, metrics)
+        return P.train_reply(msg, record, metrics)
 
 
 def _error(msg: Message, reason: str) -> Message:

@@ -140,17 +140,21 @@ class InProcessGrid(Grid):
         return len(self._queue)
 
     def state_dict(self) -> dict:
-        """Clock, id counter and the answers still travelling (as Flower protobuf bytes)."""
+        """Clock, id counter, the answers still travelling (as Flower protobuf bytes) and the clients'
+        own state (error-feedback vectors)."""
         seq = next(self._seq)
         self._seq = itertools.count(seq)
         return {"now": self.now, "seq": seq,
-                "queue": [(t, s, message_to_proto(r).SerializeToString()) for t, s, r in sorted(self._queue)]}
+                "queue": [(t, s, message_to_proto(r).SerializeToString()) for t, s, r in sorted(self._queue)],
+                "clients": self.handler.state_dict() if hasattr(self.handler, "state_dict") else None}
 
     def load_state_dict(self, state: dict) -> None:
         self.now = float(state["now"])
         self._seq = itertools.count(int(state["seq"]))
         self._queue = [(float(t), int(s), message_from_proto(ProtoMessage.FromString(b))) for t, s, b in state["queue"]]
         heapq.heapify(self._queue)
+        if state.get("clients") is not None and hasattr(self.handler, "load_state_dict"):
+            self.handler.load_state_dict(state["clients"])
 
     def _context(self, msg: Message) -> Context:
         return self.contexts[msg.metadata.dst_node_id]

@@ -68,11 +68,14 @@ def run_rounds(strategy, grid: Grid, arrays: ArrayRecord, *, first_round: int, l
         pending -= {m.metadata.reply_to_message_id for m in replies}
         if not strategy.asynchronous:
             pending.clear()  # a synchronous round forgets answers that did not come in time
-        bytes_up = sum(P.record_bytes(m.content) for m in replies if not m.has_error())
         new_arrays, metrics = strategy.aggregate_train(rnd, replies)
         if new_arrays is not None:
             arrays = new_arrays
         metrics = dict(metrics or {})
+        if "comm/bits_up" in metrics:  # the strategy counts what its compressor puts on the wire
+            bytes_up = -(-int(metrics["comm/bits_up"]) // 8)
+        else:
+            bytes_up = sum(P.record_bytes(m.content) for m in replies if not m.has_error())
         result = RoundResult(rnd, clock(grid, t0), int(metrics.pop("participants", len(replies))),
                              bytes_up, bytes_down, metrics)
         if on_round is not None and on_round(result, arrays):

@@ -5,9 +5,12 @@ so they travel unchanged in-process, over fedsim's gRPC transport, or under ``fl
 
 TRAIN   content: ``"arrays"`` (global model, ArrayRecord of named tensors) and ``"config"``:
         server-round, local-steps, lr, batch-size, seed, update-kind, and optionally sim-latency
-        (virtual seconds the in-process runtime waits before delivering the answer).
-        reply:   ``"update"`` (ArrayRecord with one flat float32 vector ``[D]``) and ``"metrics"``:
-        num-examples, partition-id, local-steps, server-round, train-loss.
+        (virtual seconds the in-process runtime waits before delivering the answer); with
+        compression also compressor, compress-k, compress-unbiased, error-feedback
+        (none | ef21 | ef14) and ef-init (full | zero).
+        reply:   ``"update"`` (ArrayRecord with one flat float32 vector ``[D]`` named ``update``, or,
+        for a sparse compressor, ``values`` float32 ``[k']`` and ``indices`` int64 ``[k']``) and
+        ``"metrics"``: num-examples, partition-id, local-steps, server-round, train-loss.
 QUERY   asks a node which client (partition) it hosts; reply metrics: partition-id, num-partitions,
         num-examples.
 """
@@ -23,6 +26,11 @@ UPDATE_DELTA = "delta"                  # y - x_s: the local model change
 UPDATE_MEAN_GRADIENT = "mean-gradient"  # -(y - x_s) / (lr * local_steps): AFA's worker answer
 UPDATE_KINDS = (UPDATE_DELTA, UPDATE_MEAN_GRADIENT)
 SIM_LATENCY = "sim-latency"
+VALUES, INDICES = "values", "indices"
+COMPRESSOR, COMPRESS_K, COMPRESS_UNBIASED = "compressor", "compress-k", "compress-unbiased"
+ERROR_FEEDBACK, EF_INIT = "error-feedback", "ef-init"
+FEEDBACKS = ("none", "ef21", "ef14")
+EF_INITS = ("full", "zero")
 
 
 def flat_record(vector: torch.Tensor) -> ArrayRecord:
@@ -39,8 +47,25 @@ def read_flat(record: ArrayRecord) -> torch.Tensor:
     return torch.from_numpy(np.array(arr, dtype=np.float32))
 
 
-def train_reply(msg: Message, update: torch.Tensor, metrics: dict[str, int | float]) -> Message:
-    return Message(RecordDict({UPDATE: flat_record(update), METRICS: MetricRecord(metrics)}), reply_to=msg)
+def sparse_record(values: torch.Tensor, indices: torch.Tensor) -> ArrayRecord:
+    return ArrayRecord(array_dict={VALUES: Array(values.detach().cpu().numpy().astype(np.float32, copy=False)),
+                                   INDICES: Array(indices.detach().cpu().numpy().astype(np.int64, copy=False))})
+
+
+def is_sparse(record: ArrayRecord) -> bool:
+    return sorted(record.keys()) == sorted([VALUES, INDICES])
+
+
+def read_sparse(record: ArrayRecord) -> tuple[torch.Tensor, torch.Tensor]:
+    values, indices = record[VALUES].numpy(), record[INDICES].numpy()
+    if values.dtype != np.float32 or indices.dtype != np.int64:
+        raise ValueError(f"sparse update must be float32 values and int64 indices, got {values.dtype}, {indices.dtype}")
+    return torch.from_numpy(np.array(values)), torch.from_numpy(np.array(indices))
+
+
+def train_reply(msg: Message, update: torch.Tensor | ArrayRecord, metrics: dict[str, int | float]) -> Message:
+    record = update if isinstance(update, ArrayRecord) else flat_record(update)
+    return Message(RecordDict({UPDATE: record, METRICS: MetricRecord(metrics)}), reply_to=msg)
 
 
 def train_content(arrays: ArrayRecord, config: dict) -> RecordDict:

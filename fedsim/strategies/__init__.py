@@ -2,6 +2,7 @@
 
 from .afa import AFACDStrategy, AFACSStrategy
 from .base import Cohort, FedsimStrategy
+from .error_feedback import EF14Strategy, EF21Strategy
 from .fedau import FedAUStrategy
 from .fedavg import FedAvgStrategy
 
@@ -10,7 +11,9 @@ STRATEGIES: dict[str, type[FedsimStrategy]] = {
     "fedau": FedAUStrategy,
     "afa-cd": AFACDStrategy,
     "afa-cs": AFACSStrategy,
+    "ef21": EF21Strategy,
+    "ef14": EF14Strategy,
 }
 
-__all__ = ["STRATEGIES", "AFACDStrategy", "AFACSStrategy", "Cohort", "FedAUStrategy", "FedAvgStrategy",
-           "FedsimStrategy"]
+__all__ = ["STRATEGIES", "AFACDStrategy", "AFACSStrategy", "Cohort", "EF14Strategy", "EF21Strategy", "FedAUStrategy",
+           "FedAvgStrategy", "FedsimStrategy"]

@@ -27,6 +27,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from ..core.compression import Compressor, from_sparse, make_compressor
 from ..core.params import ParamSpec
 from ..runtime import protocol as P
 from .directory import ClientDirectory
@@ -41,16 +42,21 @@ class Cohort:
     num_examples: torch.Tensor  # float64 [K]
     local_steps: torch.Tensor   # int64 [K]
     model_round: torch.Tensor   # int64 [K], the round whose global model the client trained on
+    bits: torch.Tensor          # int64 [K], uplink bits of each message (the compressor's exact count)
 
 
 class FedsimStrategy(Strategy):
     name = "base"
     update_kind = P.UPDATE_DELTA
     asynchronous = False
+    feedback = "none"  # client-side error feedback the strategy asks for: none | ef21 | ef14
 
-    def __init__(self, participation, *, local_lr: float, batch_size: int, seed: int, server_lr: float = 1.0):
+    def __init__(self, participation, *, local_lr: float, batch_size: int, seed: int, server_lr: float = 1.0,
+                 compression: dict | None = None):
         if local_lr <= 0 or server_lr <= 0 or batch_size < 1:
             raise ValueError(f"need local_lr > 0, server_lr > 0, batch_size >= 1; got {local_lr}, {server_lr}, {batch_size}")
+        self.compression = dict(compression or {"name": "identity"})
+        self.compressor: Compressor | None = None  # built once the model dimension is known
         self.participation = participation
         self.num_clients = participation.num_clients
         self.local_lr, self.batch_size, self.seed, self.server_lr = local_lr, batch_size, seed, server_lr
@@ -77,6 +83,20 @@ class FedsimStrategy(Strategy):
         """How many answers a round waits for: synchronous strategies wait for all they sent."""
         return pushed
 
+    def dense_expected(self, cid: int) -> bool:
+        """Whether client ``cid``'s next answer is a dense vector (else values + indices)."""
+        return not self.compressor.sparse
+
+    def message_bits(self, cid: int) -> int:
+        """Uplink bits of client ``cid``'s answer, counted from what the server asked it to send."""
+        return self.compressor.bits
+
+    def uplink_config(self) -> dict:
+        if self.compressor.name == "identity" and self.feedback == "none":
+            return {}
+        return {P.COMPRESSOR: self.compressor.name, P.COMPRESS_K: self.compressor.k,
+                P.COMPRESS_UNBIASED: self.compressor.unbiased, P.ERROR_FEEDBACK: self.feedback}
+
     # --- Flower Strategy API ---------------------------------------------------------------------
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
                         ) -> Iterable[Message]:
@@ -87,7 +107,7 @@ class FedsimStrategy(Strategy):
         available[list(self.in_flight)] = False
         plan = self.participation.sample(server_round, available.numpy())
         base = {**dict(config), "server-round": server_round, "lr": self.local_lr, "batch-size": self.batch_size,
-                "seed": self.seed, "update-kind": self.update_kind}
+                "seed": self.seed, "update-kind": self.update_kind, **self.uplink_config()}
         messages = []
         for cid, steps, latency in zip(plan.clients.tolist(), plan.local_steps.tolist(), plan.latency.tolist()):
             cfg = {**base, "local-steps": int(steps), P.SIM_LATENCY: float(latency)}
@@ -115,7 +135,8 @@ class FedsimStrategy(Strategy):
         staleness = (server_round - cohort.model_round).double()
         metrics.update({"participants": int(cohort.clients.numel()), "server/rejected": rejected,
                         "server/staleness_mean": float(staleness.mean()) if staleness.numel() else 0.0,
-                        "server/staleness_max": int(staleness.max()) if staleness.numel() else 0})
+                        "server/staleness_max": int(staleness.max()) if staleness.numel() else 0,
+                        "comm/bits_up": int(cohort.bits.sum())})
         return self.global_arrays(), MetricRecord(metrics)
 
     def configure_evaluate(self, server_round, arrays, config, grid) -> Iterable[Message]:
@@ -152,6 +173,9 @@ class FedsimStrategy(Strategy):
         state = arrays.to_torch_state_dict()
         if self.spec is None:
             self.spec = ParamSpec.of(state)
+            c = self.compression
+            self.compressor = make_compressor(c["name"], self.spec.dim, k=c.get("k") or None,
+                                              density=c.get("density") or None, unbiased=bool(c.get("unbiased")))
             self.init_state(self.spec.dim)
         self.params = self.spec.flatten(state)
 
@@ -166,11 +190,11 @@ class FedsimStrategy(Strategy):
                             msg.metadata.src_node_id, exc)
         dim = self.spec.dim
         if not rows:
-            return Cohort(torch.zeros(0, dtype=torch.int64), torch.zeros(0, dim), torch.zeros(0, dtype=torch.float64),
-                          torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64)), rejected
-        cids, updates, n, steps, rnd = zip(*rows)
+            empty = torch.zeros(0, dtype=torch.int64)
+            return Cohort(empty, torch.zeros(0, dim), torch.zeros(0, dtype=torch.float64), empty, empty, empty), rejected
+        cids, updates, n, steps, rnd, bits = zip(*rows)
         return Cohort(torch.tensor(cids), torch.stack(updates), torch.tensor(n, dtype=torch.float64),
-                      torch.tensor(steps), torch.tensor(rnd)), rejected
+                      torch.tensor(steps), torch.tensor(rnd), torch.tensor(bits)), rejected
 
     def _read(self, server_round: int, msg: Message) -> tuple:
         if msg.has_error():
@@ -179,9 +203,7 @@ class FedsimStrategy(Strategy):
         cid = int(metrics["partition-id"])
         if self.directory.node_of.get(cid) != msg.metadata.src_node_id:
             raise ValueError(f"node {msg.metadata.src_node_id} answered for client {cid}, which it does not host")
-        update = P.read_flat(msg.content[P.UPDATE])
-        if update.shape != (self.spec.dim,):
-            raise ValueError(f"update has {update.numel()} values, the model has {self.spec.dim}")
+        update = self._read_update(cid, msg.content[P.UPDATE])
         if not torch.isfinite(update).all():
             raise ValueError("update contains NaN or Inf")
         model_round = int(metrics["server-round"])
@@ -190,4 +212,18 @@ class FedsimStrategy(Strategy):
         steps = int(metrics["local-steps"])
         if steps < 1:
             raise ValueError(f"local-steps must be >= 1, got {steps}")
-        return cid, update, float(metrics["num-examples"]), steps, model_round
+        return cid, update, float(metrics["num-examples"]), steps, model_round, self.message_bits(cid)
+
+    def _read_update(self, cid: int, record: ArrayRecord) -> torch.Tensor:
+        dense = self.dense_expected(cid)
+        if P.is_sparse(record):
+            if dense:
+                raise ValueError(f"client {cid} sent a sparse update where a dense one is due")
+            return from_sparse(*P.read_sparse(record), self.spec.dim, self.compressor.k)
+        if not dense:
+            raise ValueError(f"client {cid} sent a dense update where a {self.compressor.name} "
+                             f"(k={self.compressor.k}) one is due")
+        update = P.read_flat(record)
+        if update.shape != (self.spec.dim,):
+            raise ValueError(f"update has {update.numel()} values, the model has {self.spec.dim}")
+        return update

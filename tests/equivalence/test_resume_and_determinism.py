@@ -13,15 +13,20 @@ def _rows(path):
     return [json.loads(x) for x in path.read_text().splitlines()]
 
 
-@pytest.mark.parametrize("name, participation", [
-    ("fedavg", {"name": "uniform", "clients_per_round": 4}),
-    ("fedau", {"name": "markov", "p": 0.4, "markov_a": 0.3}),
-    ("afa-cd", {"name": "anarchic", "p": 0.7, "max_steps": 5, "speed_spread": 1.0}),
-    ("afa-cs", {"name": "anarchic", "p": 0.7, "max_steps": 5, "speed_spread": 1.0}),
+UNIFORM = {"name": "uniform", "clients_per_round": 4}
+
+
+@pytest.mark.parametrize("name, participation, compression", [
+    ("fedavg", UNIFORM, {}),
+    ("fedau", {"name": "markov", "p": 0.4, "markov_a": 0.3}, {}),
+    ("afa-cd", {"name": "anarchic", "p": 0.7, "max_steps": 5, "speed_spread": 1.0}, {}),
+    ("afa-cs", {"name": "anarchic", "p": 0.7, "max_steps": 5, "speed_spread": 1.0}, {}),
+    ("ef21", UNIFORM, {"name": "top-k", "density": 0.1}),      # client g_i and server g restored
+    ("ef14", UNIFORM, {"name": "rand-k", "k": 5}),             # client residuals restored
 ])
-def test_resume_continues_identically(tmp_path, tiny, name, participation):
+def test_resume_continues_identically(tmp_path, tiny, name, participation, compression):
     raw = tiny(**{"strategy.name": name, "strategy.m": 2, "participation": participation,
-                  "rounds": 8, "checkpoint_every": 4, "eval_every": 1})
+                  "rounds": 8, "checkpoint_every": 4, "eval_every": 1, "compression": compression})
     cfg = load_config(raw)
     straight = run_single(cfg, tmp_path / "a", progress=False)
 

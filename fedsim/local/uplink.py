@@ -1,0 +1,82 @@
+"""The client-side uplink stage: compress what a client sends, with optional error feedback.
+
+After local training a client holds its update u_i (a model delta, or AFA/EF21's normalised mean
+gradient, per the message's ``update-kind``). The stage sends
+
+- ``none``: C(u_i)                          (plain compression, biased for Top-k);
+- ``ef21``: c_i = C(u_i - g_i), g_i += c_i  (EF21, arXiv 2106.05203 Alg. 1; the client's first message
+  is u_i uncompressed when ``ef-init = full``, the analogue of g_i^0 = grad f_i(x^0), else g_i^0 = 0);
+- ``ef14``: m_i = C(e_i + u_i), e_i += u_i - m_i (classic error feedback, arXiv 1809.07599).
+
+The per-client vectors g_i / e_i live in a compact ``ClientStateStore``. Randomised compressors draw
+from a generator seeded by the job's seed, so a client's message does not depend on its cohort.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord
+
+from ..core.compression import COMPRESSORS, Compressor, make_compressor, to_sparse
+from ..core.error_feedback import ef14_step, ef21_step
+from ..runtime import protocol as P
+from .client_state import ClientStateStore
+
+_COMPRESS_STREAM = 0x5DEECE66D
+
+
+@dataclass(frozen=True)
+class UplinkSpec:
+    compressor: Compressor
+    feedback: str = "none"
+    ef_init: str = "full"
+
+    @staticmethod
+    def from_config(cfg: ConfigRecord, dim: int) -> UplinkSpec | None:
+        """The stage a TRAIN message asks for, or None when it sends the update as is."""
+        name = str(cfg.get(P.COMPRESSOR, "identity"))
+        feedback = str(cfg.get(P.ERROR_FEEDBACK, "none"))
+        if name == "identity" and feedback == "none":
+            return None
+        if name not in COMPRESSORS:
+            raise ValueError(f"unknown compressor '{name}', expected one of {COMPRESSORS}")
+        if feedback not in P.FEEDBACKS:
+            raise ValueError(f"unknown error-feedback '{feedback}', expected one of {P.FEEDBACKS}")
+        ef_init = str(cfg.get(P.EF_INIT, "full"))
+        if ef_init not in P.EF_INITS:
+            raise ValueError(f"unknown ef-init '{ef_init}', expected one of {P.EF_INITS}")
+        k = int(cfg.get(P.COMPRESS_K, dim))
+        comp = make_compressor(name, dim, k=k if name in ("top-k", "rand-k") else None,
+                               unbiased=bool(cfg.get(P.COMPRESS_UNBIASED, False)))
+        return UplinkSpec(comp, feedback, ef_init)
+
+
+class Uplink:
+    """Applies an ``UplinkSpec`` for many virtual clients; owns their error-feedback state."""
+
+    def __init__(self, num_clients: int, dim: int):
+        self.store = ClientStateStore(num_clients, dim)
+
+    def encode(self, spec: UplinkSpec, cid: int, update: torch.Tensor, seed: int) -> ArrayRecord:
+        gen = torch.Generator().manual_seed(seed ^ _COMPRESS_STREAM)
+
+        def compress(v: torch.Tensor) -> torch.Tensor:
+            return spec.compressor(v, gen)
+
+        state = self.store.get(cid)
+        if spec.feedback == "ef21":
+            if state is None and spec.ef_init == "full":
+                self.store.set(cid, update)
+                return P.flat_record(update)
+            sent, new_state = ef21_step(torch.zeros_like(update) if state is None else state, update, compress)
+            self.store.set(cid, new_state)
+        elif spec.feedback == "ef14":
+            sent, new_state = ef14_step(torch.zeros_like(update) if state is None else state, update, compress)
+            self.store.set(cid, new_state)
+        else:
+            sent = compress(update)
+        if spec.compressor.sparse:
+            return P.sparse_record(*to_sparse(sent, spec.compressor))
+        return P.flat_record(sent)
