@@ -124,9 +124,12 @@ def make_compressor(name: str, dim: int, *, k: int | None = None, density: float
 
 
 def top_k_indices(v: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices of the k largest |v|; ties go to the lower index (a stable descending sort)."""
-    order = torch.sort(v.abs(), descending=True, stable=True).indices
-    return order[:k]
+    """Indices of the k largest |v|; ties at the threshold go to the lower indices. O(D), no full sort."""
+    mag = v.abs()
+    threshold = torch.topk(mag, k, sorted=False).values.min()
+    above = torch.nonzero(mag > threshold, as_tuple=True)[0]
+    tied = torch.nonzero(mag == threshold, as_tuple=True)[0][: k - above.numel()]
+    return torch.cat([above, tied])
 
 
 def natural_round(v: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

@@ -16,15 +16,19 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def plot_curves(runs: dict[str, list[dict]], path: Path, title: str = "") -> None:
-    """Accuracy and loss against round and against virtual time, one line per run."""
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    """Accuracy and loss against round, virtual time and total MB uploaded, one line per run."""
+    fig, axes = plt.subplots(2, 3, figsize=(15, 7.5))
     for label, rows in runs.items():
-        ev = [r for r in rows if r.get("accuracy") is not None]
-        for col, xkey in enumerate(("round", "virtual_time")):
+        uploaded, total = {}, 0
+        for r in rows:
+            total += r.get("bytes_up", 0)
+            uploaded[r["round"]] = total / 1e6
+        ev = [{**r, "mb_up": uploaded[r["round"]]} for r in rows if r.get("accuracy") is not None]
+        for col, xkey in enumerate(("round", "virtual_time", "mb_up")):
             xs = [r[xkey] for r in ev]
             axes[0, col].plot(xs, [r["accuracy"] for r in ev], label=label)
             axes[1, col].plot(xs, [r["loss"] for r in ev], label=label)
-    for col, xlabel in enumerate(("round", "virtual time (s)")):
+    for col, xlabel in enumerate(("round", "virtual time (s)", "MB uploaded (all clients)")):
         axes[0, col].set_ylabel("test accuracy")
         axes[1, col].set_ylabel("test loss")
         for row in range(2):
