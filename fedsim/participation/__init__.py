@@ -7,6 +7,8 @@ parameter and raises ValueError naming it. Parameters (all optional unless noted
 - all models: ``local_steps`` (int >= 1, default 5), ``step_time`` (s/step, default 0.05),
   ``speed_spread`` (lognormal sigma of per-client speed, default 0), ``comm_time`` (s, default 0.1)
 - ``uniform``: ``clients_per_round`` (required, 1..N)
+- ``fixed-epoch``: ``clients_per_round`` (required, divides N): a seeded split into N/k groups
+  taking turns, the participation pattern DP matrix factorization plans for
 - ``bernoulli``/``markov``/``cyclic``/``anarchic`` take probabilities from ``prob_mode``:
   ``"label-linked"`` (FedAU §3.4; needs ``label_hist``; ``alpha``, ``p_mean``, ``p_min``),
   ``"heterogeneous"`` (Beta; ``p_mean``, ``p_min``, ``prob_spread``), ``"constant"`` (``p``), or
@@ -27,16 +29,16 @@ from typing import Any
 import numpy as np
 
 from .models import (AnarchicParticipation, BernoulliParticipation, CyclicParticipation,
-                     FullParticipation, MarkovParticipation, Participation, RoundPlan, Timing,
-                     UniformParticipation)
+                     FixedEpochParticipation, FullParticipation, MarkovParticipation, Participation,
+                     RoundPlan, Timing, UniformParticipation)
 from .probabilities import heterogeneous_probs, label_linked_probs
 
 __all__ = ["PARTICIPATION", "build_participation", "Participation", "RoundPlan", "Timing",
            "label_linked_probs", "heterogeneous_probs", "FullParticipation", "UniformParticipation",
            "BernoulliParticipation", "MarkovParticipation", "CyclicParticipation",
-           "AnarchicParticipation"]
+           "AnarchicParticipation", "FixedEpochParticipation"]
 
-PARTICIPATION = ("full", "uniform", "bernoulli", "markov", "cyclic", "anarchic")
+PARTICIPATION = ("full", "uniform", "bernoulli", "markov", "cyclic", "anarchic", "fixed-epoch")
 PROB_MODES = ("label-linked", "heterogeneous", "constant")
 
 _COMMON = {"local_steps", "step_time", "speed_spread", "comm_time"}
@@ -48,6 +50,7 @@ _ALLOWED = {
     "markov": _COMMON | _PROB | {"markov_a"},
     "cyclic": _COMMON | _PROB | {"period"},
     "anarchic": _COMMON | _PROB | {"min_steps", "max_steps", "jitter"},
+    "fixed-epoch": _COMMON | {"clients_per_round"},
 }
 # Which probability parameters each prob_mode reads (others are rejected, not silently ignored).
 _MODE_PARAMS = {"label-linked": {"alpha", "p_mean", "p_min"},
@@ -140,6 +143,9 @@ def build_participation(name: str, num_clients: int, *, seed: int,
     if name == "uniform":
         k = _int(params, "clients_per_round", None, 1, num_clients)
         return UniformParticipation(num_clients, k, **common)
+    if name == "fixed-epoch":
+        k = _int(params, "clients_per_round", None, 1, num_clients)
+        return FixedEpochParticipation(num_clients, k, **common)
     probs = _probs(name, num_clients, seed, label_hist, params)
     if name == "bernoulli":
         return BernoulliParticipation(num_clients, probs, **common)

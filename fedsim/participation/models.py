@@ -25,11 +25,12 @@ import numpy as np
 __all__ = [
     "RoundPlan", "Timing", "Participation", "FullParticipation", "UniformParticipation",
     "BernoulliParticipation", "MarkovParticipation", "CyclicParticipation", "AnarchicParticipation",
+    "FixedEpochParticipation",
 ]
 
 _TAG_TIMING = 0x7133_0000
 _TAGS = {"full": 0x5A3F_0001, "uniform": 0x5A3F_0002, "bernoulli": 0x5A3F_0003,
-         "markov": 0x5A3F_0004, "cyclic": 0x5A3F_0005, "anarchic": 0x5A3F_0006}
+         "markov": 0x5A3F_0004, "cyclic": 0x5A3F_0005, "anarchic": 0x5A3F_0006, "fixed-epoch": 0x5A3F_0007}
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:
@@ -216,6 +217,38 @@ class UniformParticipation(Participation):
 
     def expected_rate(self) -> np.ndarray:
         return np.full(self.num_clients, self.clients_per_round / self.num_clients)
+
+    def _config(self):
+        return {"k": self.clients_per_round}
+
+
+class FixedEpochParticipation(Participation):
+    """Fixed-epoch order (the multi-epoch setting of DP matrix factorization, Choquette-Choo et al.,
+    arXiv 2211.06530, §2): the N clients are shuffled once (seeded) into b = N / clients_per_round
+    groups, and round t trains group (t - 1) mod b. Every client participates exactly once per epoch
+    of b rounds, so over n rounds at most ceil(n / b) times, always exactly b rounds apart. A busy
+    client (still in flight) is skipped, never replaced, so the pattern is never violated."""
+
+    name = "fixed-epoch"
+
+    def __init__(self, num_clients: int, clients_per_round: int, *, seed: int,
+                 local_steps: int = 5, timing: Timing | None = None) -> None:
+        super().__init__(num_clients, seed=seed, local_steps=local_steps, timing=timing)
+        self.clients_per_round = _as_int(clients_per_round, "clients_per_round", 1)
+        if self.num_clients % self.clients_per_round:
+            raise ValueError(f"fixed-epoch needs num_clients ({self.num_clients}) divisible by "
+                             f"clients_per_round ({self.clients_per_round})")
+        self.epoch_rounds = self.num_clients // self.clients_per_round  # b
+        self.order = _frozen(self._rng.permutation(self.num_clients).astype(np.int64))
+
+    def _draw(self, available):
+        group = self._round % self.epoch_rounds  # self._round is the previous round
+        chosen = np.zeros(self.num_clients, dtype=bool)
+        chosen[self.order[group * self.clients_per_round:(group + 1) * self.clients_per_round]] = True
+        return chosen, None, None
+
+    def expected_rate(self) -> np.ndarray:
+        return np.full(self.num_clients, 1.0 / self.epoch_rounds)
 
     def _config(self):
         return {"k": self.clients_per_round}

@@ -25,9 +25,11 @@ def _hist(num_clients: int, num_classes: int, seed: int = 123) -> np.ndarray:
 
 
 def _build(name: str, seed: int = 7, num_clients: int = N, **kw):
-    params = {"uniform": {"clients_per_round": 10}, "anarchic": {"min_steps": 2, "max_steps": 9}}
+    params = {"uniform": {"clients_per_round": 10}, "fixed-epoch": {"clients_per_round": 10},
+              "anarchic": {"min_steps": 2, "max_steps": 9}}
     kw = {**params.get(name, {}), **kw}
-    label_hist = _hist(num_clients, 10) if name not in ("full", "uniform") and "p" not in kw else None
+    label_hist = (_hist(num_clients, 10) if name not in ("full", "uniform", "fixed-epoch") and "p" not in kw
+                  else None)
     return build_participation(name, num_clients, seed=seed, label_hist=label_hist, **kw)
 
 
@@ -174,9 +176,10 @@ def test_load_rejects_other_model():
 @given(name=st.sampled_from(PARTICIPATION), seed=st.integers(0, 2**31), n=st.integers(1, 30),
        mask_seed=st.integers(0, 1000))
 def test_property_masks_and_order(name, seed, n, mask_seed):
-    kw = {"clients_per_round": max(1, n // 2)} if name == "uniform" else {}
+    kw = ({"clients_per_round": max(1, n // 2)} if name == "uniform" else
+          {"clients_per_round": 1} if name == "fixed-epoch" else {})
     model = build_participation(name, n, seed=seed, p=0.4, **kw) if name not in (
-        "full", "uniform") else build_participation(name, n, seed=seed, **kw)
+        "full", "uniform", "fixed-epoch") else build_participation(name, n, seed=seed, **kw)
     rng = np.random.default_rng(mask_seed)
     for r in range(1, 8):
         mask = rng.random(n) < 0.5
@@ -303,3 +306,17 @@ def test_builder_prob_modes():
     explicit = build_participation("anarchic", 3, seed=5, probs=[0.1, 0.2, 1.0], local_steps=4)
     assert isinstance(explicit, AnarchicParticipation) and explicit.max_steps == 4
     assert np.array_equal(explicit.probs, [0.1, 0.2, 1.0])
+
+
+def test_fixed_epoch_gives_every_client_one_turn_per_epoch_exactly_b_rounds_apart():
+    from fedsim.participation import build_participation
+
+    m = build_participation("fixed-epoch", 12, seed=4, clients_per_round=3)
+    seen = {}
+    for t in range(1, 13):  # three epochs of b = 4 rounds
+        for c in m.sample(t).clients.tolist():
+            seen.setdefault(c, []).append(t)
+    assert sorted(seen) == list(range(12))
+    assert all(len(ts) == 3 and ts[1] - ts[0] == 4 and ts[2] - ts[1] == 4 for ts in seen.values())
+    with pytest.raises(ValueError, match="divisible"):
+        build_participation("fixed-epoch", 10, seed=0, clients_per_round=3)
