@@ -64,6 +64,22 @@ class CompressionConfig:
 
 
 @dataclass(frozen=True)
+class PrivacyConfig:
+    # user-level DP (strategies dp-fedavg / dp-mf): the server clips, sums and adds correlated noise
+    mechanism: str = "identity"    # identity | tree | sqrt-toeplitz | optimal | banded | blt
+    clip_norm: float = 1.0         # L2 bound on each client's update
+    noise_multiplier: float = 1.0  # noise std / (clip_norm x sensitivity); ignored when epsilon > 0
+    epsilon: float = 0.0           # > 0: the smallest noise multiplier reaching this epsilon
+    delta: float = 1e-5
+    bands: int = 0                 # banded: number of bands (0 = the epoch length)
+    factorization: str = ""        # a saved factorization (.npz from `fedsim privacy plan --save`)
+    # example-level DP (any strategy): DP-SGD on each client through Opacus
+    example_dp: bool = False
+    example_noise_multiplier: float = 1.0
+    example_clip_norm: float = 1.0
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     name: str = "experiment"
     description: str = ""
@@ -78,6 +94,7 @@ class ExperimentConfig:
     client: ClientConfig = field(default_factory=ClientConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     participation: dict = field(default_factory=lambda: {"name": "full"})
     arms: dict = field(default_factory=dict)
 
@@ -247,6 +264,7 @@ def validate(cfg: ExperimentConfig) -> None:
     need(cfg.strategy.m >= 1, "strategy.m", "must be >= 1")
     need(cfg.strategy.ef_init in ("full", "zero"), "strategy.ef_init", f"must be full or zero; got '{cfg.strategy.ef_init}'")
     _validate_compression(cfg.compression, need)
+    _validate_privacy(cfg.privacy, need)
     need("name" in cfg.participation, "participation.name", "is required")
     need(cfg.participation["name"] in PARTICIPATION, "participation.name",
          f"must be one of {', '.join(PARTICIPATION)}; got '{cfg.participation['name']}'")
@@ -264,3 +282,17 @@ def _validate_compression(c: CompressionConfig, need) -> None:
         need(c.k == 0 and c.density == 0, "compression", f"{c.name} takes neither k nor density")
     need(not c.unbiased or c.name in ("rand-k", "natural"), "compression.unbiased",
          "applies to rand-k and natural only")
+
+
+MECHANISMS = ("identity", "tree", "sqrt-toeplitz", "optimal", "banded", "blt")
+
+
+def _validate_privacy(p: PrivacyConfig, need) -> None:
+    need(p.mechanism in MECHANISMS, "privacy.mechanism", f"must be one of {', '.join(MECHANISMS)}; got '{p.mechanism}'")
+    need(p.clip_norm > 0, "privacy.clip_norm", f"must be > 0, got {p.clip_norm}")
+    need(p.noise_multiplier >= 0, "privacy.noise_multiplier", f"must be >= 0, got {p.noise_multiplier}")
+    need(p.epsilon >= 0, "privacy.epsilon", f"must be >= 0 (0 = use noise_multiplier), got {p.epsilon}")
+    need(0 < p.delta < 1, "privacy.delta", f"must be in (0, 1), got {p.delta}")
+    need(p.bands >= 0, "privacy.bands", f"must be >= 0, got {p.bands}")
+    need(p.example_noise_multiplier >= 0, "privacy.example_noise_multiplier", "must be >= 0")
+    need(p.example_clip_norm > 0, "privacy.example_clip_norm", "must be > 0")

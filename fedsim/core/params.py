@@ -23,6 +23,7 @@ class ParamSpec:
     def of(cls, state: dict[str, torch.Tensor] | torch.nn.Module) -> "ParamSpec":
         if isinstance(state, torch.nn.Module):
             state = state.state_dict()
+        state = strip_wrapper_prefix(state)
         return cls(tuple(state), tuple(tuple(t.shape) for t in state.values()))
 
     @property
@@ -35,6 +36,7 @@ class ParamSpec:
 
     def flatten(self, state: dict[str, torch.Tensor | np.ndarray]) -> torch.Tensor:
         """Concatenate ``state`` (in spec order) into one float32 vector ``[D]``."""
+        state = strip_wrapper_prefix(state)
         missing = [n for n in self.names if n not in state]
         if missing or len(state) != len(self.names):
             extra = sorted(set(state) - set(self.names))
@@ -56,3 +58,13 @@ class ParamSpec:
             out[name] = flat[pos:pos + size].view(shape)
             pos += size
         return out
+
+
+WRAPPER_PREFIX = "_module."  # Opacus' GradSampleModule (and DPDDP) prefix every parameter name
+
+
+def strip_wrapper_prefix(state: dict) -> dict:
+    """Names of a wrapped model's state dict without Opacus' ``_module.`` prefix (others unchanged)."""
+    if state and all(name.startswith(WRAPPER_PREFIX) for name in state):
+        return {name[len(WRAPPER_PREFIX):]: value for name, value in state.items()}
+    return state

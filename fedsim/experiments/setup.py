@@ -65,8 +65,15 @@ def make_strategy(cfg: ExperimentConfig, data: ClientData) -> FedsimStrategy:
         raise ConfigError(str(exc)) from None
     s = cfg.strategy
     common = dict(local_lr=cfg.client.lr, batch_size=cfg.client.batch_size, seed=cfg.seed, server_lr=s.server_lr,
-                  compression=dataclasses.asdict(cfg.compression))
+                  compression=dataclasses.asdict(cfg.compression), example_dp=_example_dp(cfg))
     extra = {"fedavg": {"weighting": s.weighting}, "fedau": {"cutoff": s.cutoff},
              "afa-cd": {"m": s.m}, "afa-cs": {"m": s.m}, "ef14": {},
              "ef21": {"local_steps": cfg.client.local_steps, "ef_init": s.ef_init}}[s.name]
     return STRATEGIES[s.name](participation, **common, **extra)
+
+
+def _example_dp(cfg: ExperimentConfig) -> dict | None:
+    p = cfg.privacy
+    if not p.example_dp:
+        return None
+    return {"noise_multiplier": p.example_noise_multiplier, "clip_norm": p.example_clip_norm, "delta": p.delta}

@@ -19,6 +19,7 @@ from flwr.app import Context, Error, Message, MetricRecord, RecordDict
 from ..core import afa
 from ..core.params import ParamSpec
 from ..runtime import protocol as P
+from .example_dp import ExampleDP, private_copy, train_cohort_dp
 from .reference import Job, job_seed, train_cohort
 from .uplink import Uplink, UplinkSpec
 
@@ -42,6 +43,7 @@ class ClientHandler:
         self.data = train_split
         self.parts = [torch.as_tensor(p, dtype=torch.int64) for p in parts]
         self.uplink = Uplink(len(self.parts), self.spec.dim)
+        self._gsm = None  # Opacus wrapper of a model copy, built on first example-level DP job
 
     def state_dict(self) -> dict:
         """Client-side state that outlives a round (error-feedback vectors)."""
@@ -72,10 +74,11 @@ class ClientHandler:
     def train(self, messages: Sequence[Message], contexts: Sequence[Context]) -> list[Message]:
         """Answer TRAIN messages; messages sharing one global ArrayRecord are decoded once."""
         replies: list[Message | None] = [None] * len(messages)
-        groups: dict[int, list[int]] = {}
+        groups: dict[tuple, list[int]] = {}
         for i, msg in enumerate(messages):
-            groups.setdefault(id(msg.content[P.ARRAYS]), []).append(i)
-        for members in groups.values():
+            key = (id(msg.content[P.ARRAYS]), _example_dp_key(msg.content[P.CONFIG]))
+            groups.setdefault(key, []).append(i)
+        for (_, dp_key), members in groups.items():
             arrays = messages[members[0]].content[P.ARRAYS]
             try:
                 global_params = self.spec.flatten(arrays.to_torch_state_dict())
@@ -90,11 +93,21 @@ class ClientHandler:
                     ok.append(i)
                 except ValueError as exc:
                     replies[i] = _error(messages[i], str(exc))
-            if jobs:
+            if not jobs:
+                continue
+            if dp_key is not None:
+                deltas, losses = train_cohort_dp(self._private_model(), self.spec, global_params, jobs, self.data,
+                                                 ExampleDP(*dp_key))
+            else:
                 deltas, losses = train_cohort(self.model, self.spec, global_params, jobs, self.data)
-                for k, i in enumerate(ok):
-                    replies[i] = self._reply(messages[i], jobs[k], deltas[k], float(losses[k]))
+            for k, i in enumerate(ok):
+                replies[i] = self._reply(messages[i], jobs[k], deltas[k], float(losses[k]))
         return replies  # type: ignore[return-value]
+
+    def _private_model(self):
+        if self._gsm is None:
+            self._gsm = private_copy(self.model)
+        return self._gsm
 
     def _size(self, cid: int) -> int:
         return int(self.parts[cid].numel())
@@ -111,6 +124,9 @@ class ClientHandler:
         if kind not in P.UPDATE_KINDS:
             raise ValueError(f"unknown update-kind '{kind}', expected one of {P.UPDATE_KINDS}")
         UplinkSpec.from_config(cfg, self.spec.dim)  # a bad compression config is answered before training
+        dp = _example_dp_key(cfg)
+        if dp is not None:
+            ExampleDP(*dp)  # validates
         seed = job_seed(int(cfg["seed"]), int(cfg["server-round"]), cid)
         return Job(cid, self.parts[cid], steps, lr, batch, seed)
 
@@ -125,6 +141,12 @@ class ClientHandler:
                    "local-steps": job.local_steps, "server-round": int(cfg["server-round"]),
                    "train-loss": loss}
         return P.train_reply(msg, record, metrics)
+
+
+def _example_dp_key(cfg) -> tuple[float, float] | None:
+    if P.EXAMPLE_DP_NOISE not in cfg:
+        return None
+    return float(cfg[P.EXAMPLE_DP_NOISE]), float(cfg[P.EXAMPLE_DP_CLIP])
 
 
 def _error(msg: Message, reason: str) -> Message:

@@ -7,7 +7,8 @@ TRAIN   content: ``"arrays"`` (global model, ArrayRecord of named tensors) and `
         server-round, local-steps, lr, batch-size, seed, update-kind, and optionally sim-latency
         (virtual seconds the in-process runtime waits before delivering the answer); with
         compression also compressor, compress-k, compress-unbiased, error-feedback
-        (none | ef21 | ef14) and ef-init (full | zero).
+        (none | ef21 | ef14) and ef-init (full | zero); with example-level DP also
+        example-dp-noise and example-dp-clip (DP-SGD noise multiplier and per-example clip norm).
         reply:   ``"update"`` (ArrayRecord with one flat float32 vector ``[D]`` named ``update``, or,
         for a sparse compressor, ``values`` float32 ``[k']`` and ``indices`` int64 ``[k']``) and
         ``"metrics"``: num-examples, partition-id, local-steps, server-round, train-loss.
@@ -31,6 +32,7 @@ COMPRESSOR, COMPRESS_K, COMPRESS_UNBIASED = "compressor", "compress-k", "compres
 ERROR_FEEDBACK, EF_INIT = "error-feedback", "ef-init"
 FEEDBACKS = ("none", "ef21", "ef14")
 EF_INITS = ("full", "zero")
+EXAMPLE_DP_NOISE, EXAMPLE_DP_CLIP = "example-dp-noise", "example-dp-clip"
 
 
 def flat_record(vector: torch.Tensor) -> ArrayRecord:

@@ -29,6 +29,7 @@ from flwr.serverapp.strategy import Strategy
 
 from ..core.compression import Compressor, from_sparse, make_compressor
 from ..core.params import ParamSpec
+from ..local.example_dp import example_epsilon
 from ..runtime import protocol as P
 from .directory import ClientDirectory
 
@@ -52,11 +53,13 @@ class FedsimStrategy(Strategy):
     feedback = "none"  # client-side error feedback the strategy asks for: none | ef21 | ef14
 
     def __init__(self, participation, *, local_lr: float, batch_size: int, seed: int, server_lr: float = 1.0,
-                 compression: dict | None = None):
+                 compression: dict | None = None, example_dp: dict | None = None):
         if local_lr <= 0 or server_lr <= 0 or batch_size < 1:
             raise ValueError(f"need local_lr > 0, server_lr > 0, batch_size >= 1; got {local_lr}, {server_lr}, {batch_size}")
         self.compression = dict(compression or {"name": "identity"})
         self.compressor: Compressor | None = None  # built once the model dimension is known
+        self.example_dp = example_dp  # {noise_multiplier, clip_norm, delta}: clients run DP-SGD (Opacus)
+        self.example_steps = torch.zeros(participation.num_clients, dtype=torch.int64)  # DP-SGD steps sent
         self.participation = participation
         self.num_clients = participation.num_clients
         self.local_lr, self.batch_size, self.seed, self.server_lr = local_lr, batch_size, seed, server_lr
@@ -91,6 +94,22 @@ class FedsimStrategy(Strategy):
         """Uplink bits of client ``cid``'s answer, counted from what the server asked it to send."""
         return self.compressor.bits
 
+    def example_dp_config(self) -> dict:
+        if not self.example_dp:
+            return {}
+        return {P.EXAMPLE_DP_NOISE: float(self.example_dp["noise_multiplier"]),
+                P.EXAMPLE_DP_CLIP: float(self.example_dp["clip_norm"])}
+
+    def example_epsilon(self) -> float:
+        """Worst client's example-level epsilon so far (steps it was asked to run, q = batch / n_i)."""
+        worst = 0.0
+        pairs = {(int(self.example_steps[c]), self.directory.num_examples.get(c, 1))
+                 for c in range(self.num_clients) if self.example_steps[c] > 0}
+        for steps, n in pairs:
+            worst = max(worst, example_epsilon(self.example_dp["noise_multiplier"], self.batch_size / max(n, 1),
+                                               steps, self.example_dp["delta"]))
+        return worst
+
     def uplink_config(self) -> dict:
         if self.compressor.name == "identity" and self.feedback == "none":
             return {}
@@ -107,13 +126,16 @@ class FedsimStrategy(Strategy):
         available[list(self.in_flight)] = False
         plan = self.participation.sample(server_round, available.numpy())
         base = {**dict(config), "server-round": server_round, "lr": self.local_lr, "batch-size": self.batch_size,
-                "seed": self.seed, "update-kind": self.update_kind, **self.uplink_config()}
+                "seed": self.seed, "update-kind": self.update_kind, **self.uplink_config(),
+                **self.example_dp_config()}
         messages = []
         for cid, steps, latency in zip(plan.clients.tolist(), plan.local_steps.tolist(), plan.latency.tolist()):
             cfg = {**base, "local-steps": int(steps), P.SIM_LATENCY: float(latency)}
             messages.append(Message(P.train_content(arrays, cfg), dst_node_id=self.directory.node_of[cid],
                                     message_type=MessageType.TRAIN, group_id=str(server_round)))
             self.in_flight[cid] = server_round
+            if self.example_dp:
+                self.example_steps[cid] += int(steps)  # spent once the client trains, answer or not
         return messages
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
@@ -137,6 +159,8 @@ class FedsimStrategy(Strategy):
                         "server/staleness_mean": float(staleness.mean()) if staleness.numel() else 0.0,
                         "server/staleness_max": int(staleness.max()) if staleness.numel() else 0,
                         "comm/bits_up": int(cohort.bits.sum())})
+        if self.example_dp:
+            metrics["dp/example_epsilon"] = self.example_epsilon()
         return self.global_arrays(), MetricRecord(metrics)
 
     def configure_evaluate(self, server_round, arrays, config, grid) -> Iterable[Message]:
@@ -154,7 +178,7 @@ class FedsimStrategy(Strategy):
 
     # --- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"params": self.params, "in_flight": dict(self.in_flight),
+        return {"params": self.params, "in_flight": dict(self.in_flight), "example_steps": self.example_steps.clone(),
                 "participation": self.participation.state_dict(), "algorithm": self.algorithm_state()}
 
     def load_state_dict(self, state: dict) -> None:
@@ -162,6 +186,7 @@ class FedsimStrategy(Strategy):
         if self.spec is not None and self.params is not None and self.params.shape != (self.spec.dim,):
             raise ValueError(f"checkpoint model has {self.params.numel()} parameters, this model has {self.spec.dim}")
         self.in_flight = {int(k): int(v) for k, v in state["in_flight"].items()}
+        self.example_steps = state["example_steps"].clone()
         self.participation.load_state_dict(state["participation"])
         if self.params is not None and self.spec is not None:
             self.init_state(self.spec.dim)

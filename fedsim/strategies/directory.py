@@ -22,6 +22,7 @@ class ClientDirectory:
         self.num_clients = num_clients
         self.node_of: dict[int, int] = {}    # client id -> node id
         self.client_of: dict[int, int] = {}  # node id -> client id
+        self.num_examples: dict[int, int] = {}  # client id -> training examples (as the node reported)
 
     @property
     def complete(self) -> bool:
@@ -37,8 +38,11 @@ class ClientDirectory:
                     log.warning("node %s did not say which client it hosts: %s", reply.metadata.src_node_id,
                                 reply.error.reason)
                     continue
-                cid = int(reply.content[P.METRICS]["partition-id"])
+                metrics = reply.content[P.METRICS]
+                cid = int(metrics["partition-id"])
                 self.add(reply.metadata.src_node_id, cid)
+                if "num-examples" in metrics:
+                    self.num_examples[cid] = int(metrics["num-examples"])
         if not self.complete:
             missing = sorted(set(range(self.num_clients)) - set(self.node_of))
             raise RuntimeError(f"{len(missing)} of {self.num_clients} clients are not connected "
