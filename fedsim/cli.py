@@ -2,6 +2,7 @@
 
     fedsim presets
     fedsim run PRESET_OR_TOML [--set key=value ...] [--out DIR] [--resume] [--quiet]
+    fedsim repro ef21 --dataset phishing --method ef21,ef14 [--step-multiplier 8] [--json]
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     r.add_argument("--quiet", action="store_true", help="no progress output")
     r.set_defaults(func=_run)
+    from .experiments.repro_cli import add_parser as add_repro_parser
+    add_repro_parser(sub)
     return p
 
 

@@ -18,6 +18,8 @@ from collections.abc import Callable
 
 import torch
 
+from fedsim.core.compression import Compressor
+
 Compress = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -37,3 +39,15 @@ def ef14_step(e_i: torch.Tensor, proposal: torch.Tensor, compress: Compress) -> 
 def ef21_server(g: torch.Tensor, messages: torch.Tensor, num_clients: int) -> torch.Tensor:
     """Server half of EF21(-PP): g + (1/n) sum of the received c_i (``messages`` [K, D], any K <= n)."""
     return g + messages.sum(0) / num_clients
+
+
+def compress_rows(compressor: Compressor, v: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+    """``compressor`` applied to each row of ``v`` [K, D], equal to the row-by-row loop (randomness is
+    drawn row by row, in order). Top-k runs as one batched stable sort with ``top_k_indices``' tie
+    rule (larger magnitude first, then lower index); the other compressors loop over the rows."""
+    if compressor.name == "top-k" and compressor.k < compressor.dim:
+        idx = torch.sort(v.abs(), dim=-1, descending=True, stable=True).indices[:, : compressor.k]
+        return torch.zeros_like(v).scatter_(1, idx, v.gather(1, idx))
+    if compressor.name in ("identity", "top-k"):  # Top-d keeps everything
+        return v.clone()
+    return torch.stack([compressor(row, gen) for row in v]) if len(v) else v.clone()
