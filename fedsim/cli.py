@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=_run)
     from .experiments.repro_cli import add_parser as add_repro_parser
     add_repro_parser(sub)
+    from .privacy.cli import add_parser as add_privacy_parser
+    add_privacy_parser(sub)
     return p
 
 
