@@ -10,8 +10,8 @@ ef21-w     EF21-W, Richtarik, Gasanov, Burlachenko, arXiv 2402.10774, Alg. 1    
 ef21-pp    EF21-PP, Fatkhullin et al., arXiv 2110.03294, Algorithm 4: each        as ef21 (the official
            client takes part independently with probability p; absent clients    scripts reuse it)
            keep g_i; the server averages over all n (the paper, not FL_PyTorch)
-ef21-sgd   EF21-SGD, arXiv 2110.03294, Algorithm 2: tau_i = floor(f N_i) rows     as ef21
-           without replacement per round; g_i^0 = the full local gradient
+ef21-sgd   EF21-SGD, arXiv 2110.03294 (official ef21_sgd.py): tau_i = floor(f N_i)  as ef21
+           rows without replacement per round; g_i^0 = the full local gradient
 ef14       classic error feedback (Seide et al. 2014; Stich et al. 1809.07599)   as ef21
 gd         distributed gradient descent, uncompressed                            1 / L
 =========  =====================================================================  ======================

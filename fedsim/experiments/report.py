@@ -46,9 +46,16 @@ def comparison_table(summaries: dict[str, dict]) -> str:
     """A markdown table of the arms' headline numbers."""
     head = ("| arm | rounds | final accuracy | mean of last 5 evals | best accuracy | final loss | virtual time (s) "
             "| MB up | MB down | wall (s) |")
-    lines = [head, "|" + "---|" * 10]
+    private = any("epsilon" in s for s in summaries.values())
+    if private:
+        head += " ε (RDP / PLD) at δ |"
+    lines = [head, "|" + "---|" * (11 if private else 10)]
     for arm, s in summaries.items():
-        lines.append(f"| {arm} | {s['rounds']} | {s['final_accuracy']:.4f} | {s['tail_accuracy']:.4f} | "
-                     f"{s['best_accuracy']:.4f} | {s['final_loss']:.4f} | {s['virtual_time']:.1f} | "
-                     f"{s['bytes_up'] / 1e6:.2f} | {s['bytes_down'] / 1e6:.2f} | {s['wall_seconds']:.1f} |")
+        line = (f"| {arm} | {s['rounds']} | {s['final_accuracy']:.4f} | {s['tail_accuracy']:.4f} | "
+                f"{s['best_accuracy']:.4f} | {s['final_loss']:.4f} | {s['virtual_time']:.1f} | "
+                f"{s['bytes_up'] / 1e6:.2f} | {s['bytes_down'] / 1e6:.2f} | {s['wall_seconds']:.1f} |")
+        if private:
+            line += (f" {s['epsilon']:.3g} / {s['epsilon_pld']:.3g} at {s['delta']:g} ({s['mechanism']}) |"
+                     if "epsilon" in s else " not private |")
+        lines.append(line)
     return "\n".join(lines)

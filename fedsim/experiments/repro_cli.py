@@ -29,7 +29,9 @@ def add_parser(subparsers) -> None:
                                       "else ../shared/data/libsvm)")
     p.add_argument("--method", type=_methods(METHODS), default=["ef21"], metavar="M[,M...]",
                    help=f"one or a comma-separated list of {', '.join(METHODS)} (default ef21)")
-    p.add_argument("--compressor", choices=COMPRESSORS, default="top-k", help="default top-k (gd ignores it)")
+    p.add_argument("--compressor", choices=COMPRESSORS, default="top-k",
+                   help="contractive forms: top-k and unscaled rand-k (alpha = k/d), natural = (8/9) C_nat "
+                        "(alpha = 8/9); default top-k; gd ignores it")
     p.add_argument("--k", type=_int_at_least(1), default=1, help="coordinates kept by top-k / rand-k (default 1)")
     p.add_argument("--step-multiplier", type=_positive(float), default=8.0,
                    help="step = multiplier x theoretical step (default 8, the official README's example)")

@@ -94,6 +94,8 @@ def run_single(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, 
                 loss, acc = evaluate(eval_model, spec, strategy.params, data.dataset.test, limit=limit)
                 row.update(loss=loss, accuracy=acc)
             row.update(res.metrics)
+            if hasattr(strategy, "privacy_summary"):
+                row.update(epsilon=row["dp/epsilon"], delta=row["dp/delta"], mechanism=strategy.mechanism)
             sink.write(json.dumps(row) + "\n")
             sink.flush()
             bar.update(res.round, row["accuracy"], first)
@@ -107,6 +109,8 @@ def run_single(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, 
     rows = read_rows(metrics_path)
     summary = _summary(cfg, rows, time.monotonic() - t_start)
     summary["runtime"] = "in-process" if isinstance(grid, InProcessGrid) else type(grid).__name__
+    if hasattr(strategy, "privacy_summary"):
+        summary.update(strategy.privacy_summary(summary["rounds"]))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     plot_curves({label or cfg.strategy.name: rows}, out / "curves.png", cfg.name)
     return summary

@@ -68,8 +68,13 @@ def make_strategy(cfg: ExperimentConfig, data: ClientData) -> FedsimStrategy:
                   compression=dataclasses.asdict(cfg.compression), example_dp=_example_dp(cfg))
     extra = {"fedavg": {"weighting": s.weighting}, "fedau": {"cutoff": s.cutoff},
              "afa-cd": {"m": s.m}, "afa-cs": {"m": s.m}, "ef14": {},
-             "ef21": {"local_steps": cfg.client.local_steps, "ef_init": s.ef_init}}[s.name]
-    return STRATEGIES[s.name](participation, **common, **extra)
+             "ef21": {"local_steps": cfg.client.local_steps, "ef_init": s.ef_init}}.get(s.name, {})
+    if s.name in ("dp-fedavg", "dp-mf"):
+        extra = {"privacy": dataclasses.asdict(cfg.privacy), "rounds": cfg.rounds}
+    try:
+        return STRATEGIES[s.name](participation, **common, **extra)
+    except ValueError as exc:  # e.g. a participation model the privacy plan cannot account for
+        raise ConfigError(f"strategy {s.name}: {exc}") from None
 
 
 def _example_dp(cfg: ExperimentConfig) -> dict | None:

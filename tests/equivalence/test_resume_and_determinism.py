@@ -23,10 +23,12 @@ UNIFORM = {"name": "uniform", "clients_per_round": 4}
     ("afa-cs", {"name": "anarchic", "p": 0.7, "max_steps": 5, "speed_spread": 1.0}, {}),
     ("ef21", UNIFORM, {"name": "top-k", "density": 0.1}),      # client g_i and server g restored
     ("ef14", UNIFORM, {"name": "rand-k", "k": 5}),             # client residuals restored
+    ("dp-mf", {"name": "fixed-epoch", "clients_per_round": 4}, {}),  # noise stream and history restored
 ])
 def test_resume_continues_identically(tmp_path, tiny, name, participation, compression):
     raw = tiny(**{"strategy.name": name, "strategy.m": 2, "participation": participation,
-                  "rounds": 8, "checkpoint_every": 4, "eval_every": 1, "compression": compression})
+                  "rounds": 8, "checkpoint_every": 4, "eval_every": 1, "compression": compression,
+                  "privacy": {"mechanism": "blt"}})
     cfg = load_config(raw)
     straight = run_single(cfg, tmp_path / "a", progress=False)
 
