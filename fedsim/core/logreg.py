@@ -1,7 +1,7 @@
 """Logistic regression with the nonconvex regulariser of the EF21 experiments, split over n clients.
 
-EF21 (Richtarik, Sokolov, Fatkhullin, arXiv 2106.05203, Section 5 / Appendix) and its follow-ups
-(arXiv 2110.03294, 2402.10774) minimise f(x) = (1/n) sum_i f_i(x) with
+The logistic-regression experiments of EF21 (Richtarik, Sokolov, Fatkhullin, arXiv 2106.05203) and
+its follow-ups (arXiv 2110.03294, 2402.10774) minimise f(x) = (1/n) sum_i f_i(x) with
 
     f_i(x) = (1/N_i) sum_j log(1 + exp(-y_j a_j^T x)) + lam sum_k x_k^2 / (1 + x_k^2),
 
