@@ -87,7 +87,10 @@ class DPStrategy(FedsimStrategy):
     def _factorization(self, privacy: dict) -> Factorization:
         path = privacy.get("factorization")
         if path:
-            f = Factorization.load(path)
+            try:
+                f = Factorization.load(path)
+            except (OSError, KeyError, ValueError) as exc:  # missing, corrupt or foreign file
+                raise ValueError(f"cannot read privacy.factorization '{path}': {exc}") from None
             if f.schema != self.schema or f.mechanism != self.mechanism:
                 raise ValueError(f"factorization {path} was planned for {f.mechanism} under {f.schema.to_dict()}, "
                                  f"this run needs {self.mechanism} under {self.schema.to_dict()}")

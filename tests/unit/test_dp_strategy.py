@@ -79,3 +79,19 @@ def test_epsilon_is_reported_per_round_and_in_the_summary(tmp_path):
     assert summary["epsilon"] == pytest.approx(eps[-1])
     assert summary["epsilon_pld"] <= summary["epsilon"]
     assert summary["mechanism"] == "banded" and summary["delta"] == 1e-5
+
+
+def test_a_saved_factorization_is_reused_and_a_mismatched_one_refused(tmp_path):
+    from fedsim.privacy import ParticipationSchema, plan_factorization
+
+    over = {"strategy.name": "dp-mf", "privacy.mechanism": "banded", "participation": EPOCHS}
+    planned, _, _ = train(tiny_config(**over))
+    plan_factorization("banded", ParticipationSchema("fixed-epoch", 6, 3, 2)).save(tmp_path / "f.npz")
+    loaded, _, _ = train(tiny_config(**over, **{"privacy.factorization": str(tmp_path / "f.npz")}))
+    assert torch.equal(planned, loaded)
+    plan_factorization("banded", ParticipationSchema("fixed-epoch", 8, 4, 2)).save(tmp_path / "g.npz")
+    with pytest.raises(ConfigError, match="was planned for"):
+        federation(tiny_config(**over, **{"privacy.factorization": str(tmp_path / "g.npz")}))
+    (tmp_path / "bad.npz").write_bytes(b"not a factorization")
+    with pytest.raises(ConfigError, match="cannot read privacy.factorization"):
+        federation(tiny_config(**over, **{"privacy.factorization": str(tmp_path / "bad.npz")}))
