@@ -21,8 +21,7 @@ import numpy as np
 from scipy.linalg import solve_triangular
 
 from .patterns import ParticipationSchema
-from .sensitivity import (Sensitivity, fixed_epoch_squared, gram, min_separation_squared,
-                          sensitivity_squared)
+from .sensitivity import Sensitivity, gram, sensitivity_squared, squared_for_pattern
 
 FORMAT_VERSION = 1
 
@@ -114,12 +113,7 @@ class Factorization:
             return self.sensitivity(schema)
         rows = ~np.any(self.C[:, t:] != 0, axis=1)
         X = gram(self.C[rows][:, :t])
-        k, b = schema.participations, schema.separation
-        if k == 1:
-            return Sensitivity(float(np.diag(X).max()), True)
-        if schema.kind == "fixed-epoch":
-            return fixed_epoch_squared(X, k, b)
-        return min_separation_squared(X, k, b)
+        return squared_for_pattern(X, schema.kind, schema.participations, schema.separation)
 
     def metrics(self, schema: ParticipationSchema | None = None) -> Metrics:
         sens = self.sensitivity(schema)

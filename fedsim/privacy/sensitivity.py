@@ -135,10 +135,14 @@ def sensitivity_squared(X: np.ndarray, schema: ParticipationSchema) -> Sensitivi
     n = X.shape[0]
     if n != schema.steps:
         raise ValueError(f"factor has {n} steps but the schema has {schema.steps}")
-    k, b = schema.participations, schema.separation
+    return squared_for_pattern(X, schema.kind, schema.participations, schema.separation)
+
+
+def squared_for_pattern(X: np.ndarray, kind: str, k: int, b: int) -> Sensitivity:
+    """Squared sensitivity of Gram X (any number of steps) under k participations, separation b."""
     if k == 1:
         return Sensitivity(float(np.diag(X).max()), True)
-    if schema.kind == "fixed-epoch":
+    if kind == "fixed-epoch":
         return fixed_epoch_squared(X, k, b)
     return min_separation_squared(X, k, b)
 
