@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_repro_parser(sub)
     from .privacy.cli import add_parser as add_privacy_parser
     add_privacy_parser(sub)
+    from .attacks.cli import add_parser as add_attack_parser
+    add_attack_parser(sub)
     return p
 
 

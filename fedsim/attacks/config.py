@@ -1,0 +1,261 @@
+"""Attack-evaluation configuration: TOML -> frozen dataclasses, validated on load.
+
+Same conventions as :mod:`fedsim.config` (unknown keys fail naming the key, dotted ``--set``
+overrides in TOML syntax). A config describes one attack x defense x batch size, or a grid when
+the ``grid`` lists are non-empty (they replace ``attack.name``, ``[defense]`` and
+``attack.batch_size``; each ``grid.defenses`` entry is a table of defense fields applied over the
+``[defense]`` table). Presets live in ``fedsim/configs/attacks/`` (``fedsim attack PRESET``).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from ..config import ConfigError, apply_override
+from .defenses import DEFENSES, DefenseConfig
+from .dlg import DLGConfig
+from .inverting import IGConfig, SMEConfig
+from .cpa import CPAConfig
+
+__all__ = ["ATTACKS", "AttackRunConfig", "ConfigError", "attack_preset_names", "load_attack_config"]
+
+ATTACKS = ("dlg", "idlg", "ig", "sme", "cpa", "analytic")
+
+
+@dataclass(frozen=True)
+class AnalyticConfig:
+    model: str = "mlp"
+
+
+@dataclass(frozen=True)
+class AttackSection:
+    name: str = "dlg"
+    batch_size: int = 1
+    dlg: DLGConfig = field(default_factory=DLGConfig)
+    idlg: DLGConfig = field(default_factory=DLGConfig)
+    ig: IGConfig = field(default_factory=IGConfig)
+    sme: SMEConfig = field(default_factory=SMEConfig)
+    cpa: CPAConfig = field(default_factory=CPAConfig)
+    analytic: AnalyticConfig = field(default_factory=AnalyticConfig)
+
+    def family(self, name: str):
+        return getattr(self, name)
+
+
+@dataclass(frozen=True)
+class AttackDataConfig:
+    name: str = "fashion-mnist"
+    dir: str = ""
+    pool: int = 2000           # seeded pool of train images the victims' batches come from
+    unique_labels: bool = False
+
+
+@dataclass(frozen=True)
+class AttackModelConfig:
+    name: str = ""             # "" = each attack's own model (attack.<name>.model)
+
+
+@dataclass(frozen=True)
+class ClientSection:
+    lr: float = 0.1            # the victims' SGD learning rate (known to the attacker)
+    local_steps: int = 1       # steps before sending for gradient attacks (1 = FedSGD)
+    local_batch_size: int = 0  # 0 = full batch
+
+
+@dataclass(frozen=True)
+class GridSection:
+    attacks: list = field(default_factory=list)
+    defenses: list = field(default_factory=list)
+    batch_sizes: list = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class UtilitySection:
+    rounds: int = 0            # 0 = no utility training
+    clients: int = 8           # clients per round (each with its own shard)
+    samples_per_client: int = 250
+    local_steps: int = 5
+    batch_size: int = 32
+    lr: float = 0.05
+    eval_samples: int = 2000
+
+
+@dataclass(frozen=True)
+class ReportSection:
+    grid_batch_size: int = 0   # batch size shown in grid.png (0 = the first listed)
+    max_images: int = 8
+
+
+@dataclass(frozen=True)
+class AttackRunConfig:
+    name: str = "attack"
+    description: str = ""
+    seed: int = 0
+    trials: int = 1
+    threads: int = 1
+    data: AttackDataConfig = field(default_factory=AttackDataConfig)
+    model: AttackModelConfig = field(default_factory=AttackModelConfig)
+    client: ClientSection = field(default_factory=ClientSection)
+    attack: AttackSection = field(default_factory=AttackSection)
+    defense: DefenseConfig = field(default_factory=DefenseConfig)
+    grid: GridSection = field(default_factory=GridSection)
+    utility: UtilitySection = field(default_factory=UtilitySection)
+    report: ReportSection = field(default_factory=ReportSection)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def attacks(self) -> list[str]:
+        return list(self.grid.attacks) or [self.attack.name]
+
+    @property
+    def batch_sizes(self) -> list[int]:
+        return list(self.grid.batch_sizes) or [self.attack.batch_size]
+
+    @property
+    def defenses(self) -> list[DefenseConfig]:
+        if not self.grid.defenses:
+            return [self.defense]
+        base = dataclasses.asdict(self.defense)
+        return [_build(DefenseConfig, {**base, **entry}, f"grid.defenses[{i}]")
+                for i, entry in enumerate(self.grid.defenses)]
+
+    def model_for(self, attack: str) -> str:
+        return self.model.name or self.attack.family(attack).model
+
+
+def _build(cls, raw, path: str):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config section '{path or 'top level'}' must be a table, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        where = f"{path}." if path else ""
+        raise ConfigError(f"unknown config key '{where}{unknown[0]}' (known keys: {', '.join(sorted(known))})")
+    values = {}
+    for name, value in raw.items():
+        key = f"{path}.{name}" if path else name
+        hint = hints[name]
+        values[name] = _build(hint, value, key) if dataclasses.is_dataclass(hint) else _coerce(value, hint, key)
+    return cls(**values)
+
+
+def _coerce(value, hint, key: str):
+    if hint is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}' must be an array, got {value!r}")
+        return list(value)
+    if hint is bool or hint is str:
+        if not isinstance(value, hint):
+            raise ConfigError(f"config key '{key}' must be a {hint.__name__}, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
+        return float(value)
+    raise ConfigError(f"config key '{key}' has an unsupported type")  # pragma: no cover
+
+
+def _presets_dir():
+    return resources.files("fedsim.configs").joinpath("attacks")
+
+
+def attack_preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in _presets_dir().iterdir() if p.name.endswith(".toml"))
+
+
+def _read_raw(source: str) -> dict:
+    path = Path(source)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file '{source}' does not exist")
+        text = path.read_text()
+    else:
+        names = attack_preset_names()
+        if source not in names:
+            raise ConfigError(f"'{source}' is neither a TOML file nor an attack preset "
+                              f"(presets: {', '.join(names)})")
+        text = _presets_dir().joinpath(f"{source}.toml").read_text()
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: malformed TOML: {exc}") from None
+
+
+def load_attack_config(source: str | dict, overrides: list[str] | tuple[str, ...] = ()) -> AttackRunConfig:
+    """Load a preset name, TOML path or raw dict, apply ``key.path=value`` overrides, validate."""
+    raw = copy.deepcopy(source) if isinstance(source, dict) else _read_raw(source)
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    cfg = _build(AttackRunConfig, raw, "")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: AttackRunConfig) -> None:
+    from .data import POOLS
+    from .models import ATTACK_MODELS
+
+    def need(cond: bool, key: str, msg: str) -> None:
+        if not cond:
+            raise ConfigError(f"config key '{key}' {msg}")
+
+    need(cfg.seed >= 0, "seed", "must be >= 0")
+    need(cfg.trials >= 1, "trials", "must be >= 1")
+    need(cfg.threads >= 1, "threads", "must be >= 1")
+    need(cfg.data.name in POOLS, "data.name", f"must be one of {', '.join(POOLS)}; got '{cfg.data.name}'")
+    need(cfg.data.pool >= 1, "data.pool", "must be >= 1")
+    need(cfg.client.lr > 0, "client.lr", "must be > 0")
+    need(cfg.client.local_steps >= 1, "client.local_steps", "must be >= 1")
+    need(cfg.client.local_batch_size >= 0, "client.local_batch_size", "must be >= 0 (0 = full batch)")
+    need(not cfg.model.name or cfg.model.name in ATTACK_MODELS, "model.name",
+         f"must be empty or one of {', '.join(ATTACK_MODELS)}; got '{cfg.model.name}'")
+    key = "grid.attacks" if cfg.grid.attacks else "attack.name"
+    for a in cfg.attacks:
+        need(isinstance(a, str) and a in ATTACKS, key, f"must name attacks from {', '.join(ATTACKS)}; got {a!r}")
+    for a in ATTACKS:
+        fam = cfg.attack.family(a)
+        need(fam.model in ATTACK_MODELS, f"attack.{a}.model", f"must be one of {', '.join(ATTACK_MODELS)}")
+        for name in ("evals", "steps"):
+            if hasattr(fam, name):
+                need(getattr(fam, name) >= 0, f"attack.{a}.{name}", "must be >= 0")
+    need(0 <= cfg.attack.sme.alpha_init <= 1, "attack.sme.alpha_init", "must be in [0, 1]")
+    need(cfg.attack.sme.local_steps >= 1, "attack.sme.local_steps", "must be >= 1")
+    need(cfg.attack.sme.client_lr > 0, "attack.sme.client_lr", "must be > 0")
+    need(cfg.attack.sme.local_batch_size >= 0, "attack.sme.local_batch_size", "must be >= 0")
+    key = "grid.batch_sizes" if cfg.grid.batch_sizes else "attack.batch_size"
+    for b in cfg.batch_sizes:
+        need(isinstance(b, int) and not isinstance(b, bool) and b >= 1, key, f"must be integers >= 1; got {b!r}")
+    for i, entry in enumerate(cfg.grid.defenses):
+        need(isinstance(entry, dict), f"grid.defenses[{i}]", "must be a table of defense fields")
+    for i, d in enumerate(cfg.defenses):
+        where = f"grid.defenses[{i}]" if cfg.grid.defenses else "defense"
+        need(d.name in DEFENSES, f"{where}.name", f"must be one of {', '.join(DEFENSES)}; got '{d.name}'")
+        need(d.clip > 0, f"{where}.clip", "must be > 0")
+        need(d.noise_multiplier >= 0, f"{where}.noise_multiplier", "must be >= 0")
+        need(0 < d.density <= 1, f"{where}.density", "must be in (0, 1]")
+        need(0 <= d.prune_ratio < 1, f"{where}.prune_ratio", "must be in [0, 1)")
+        need(d.clients >= 1, f"{where}.clients", "must be >= 1")
+        need(d.name != "secagg" or d.clients >= 2, f"{where}.clients", "must be >= 2 for secagg")
+        need(d.local_steps >= 1, f"{where}.local_steps", "must be >= 1")
+        need(0 < d.delta < 1, f"{where}.delta", "must be in (0, 1)")
+        need(d.rounds >= 1, f"{where}.rounds", "must be >= 1")
+        need(0 <= d.round < d.rounds, f"{where}.round", f"must be in [0, rounds={d.rounds})")
+    need(cfg.utility.rounds >= 0, "utility.rounds", "must be >= 0")
+    for name in ("clients", "samples_per_client", "local_steps", "batch_size", "eval_samples"):
+        need(getattr(cfg.utility, name) >= 1, f"utility.{name}", "must be >= 1")
+    need(cfg.utility.lr > 0, "utility.lr", "must be > 0")
+    need(cfg.report.grid_batch_size >= 0, "report.grid_batch_size", "must be >= 0")
+    need(cfg.report.max_images >= 1, "report.max_images", "must be >= 1")

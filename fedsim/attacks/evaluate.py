@@ -1,0 +1,198 @@
+"""Attack x defense x batch-size evaluation: one result row per cell (``attacks.md`` §6-7).
+
+A cell runs ``trials`` times. Each trial draws the victims' images (the same images for every
+attack and defense at that batch size and trial), builds the attack's model at initialisation
+(state "init": the optimistic case, stated in every row), lets the clients train and send through
+the defense (:func:`fedsim.attacks.observations.observe`), runs the attack on the observation
+alone, and scores the reconstruction against the ground truth after Hungarian matching. Every row
+carries the no-information floor of its own images beside its PSNR.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..core.params import ParamSpec
+from ..local.reference import job_seed
+from . import metrics
+from .analytic import analytic_fc
+from .config import AttackRunConfig
+from .cpa import PixelPrior, cpa
+from .data import Pool, load_pool, sample_clients
+from .defenses import DefenseConfig, dp_epsilon
+from .dlg import dlg
+from .inverting import ig, sme
+from .labels import recover_labels
+from .models import build_attack_model
+from .observations import Observation, observe
+from .utility import utility_accuracy
+
+__all__ = ["Example", "evaluate", "run_attack"]
+
+
+@dataclass
+class Example:
+    """Images of one cell for the figure: truths and matched reconstructions in pixel space."""
+
+    title: str
+    truth: list = field(default_factory=list)
+    recon: list = field(default_factory=list)
+    psnr: list = field(default_factory=list)
+    label: list = field(default_factory=list)
+
+
+def run_attack(attack: str, model, obs: Observation, pool: Pool, cfg: AttackRunConfig,
+               gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, str, dict]:
+    """Run ``attack`` on ``obs``: ``(x_hat model-input space, labels, label method, info)``."""
+    shape, classes, box = pool.input_shape, pool.num_classes, pool.normalizer.box
+    fam = cfg.attack.family(attack)
+    if attack == "dlg":
+        x, y, info = dlg(model, obs, input_shape=shape, num_classes=classes, cfg=fam, gen=gen)
+        return x, y, "joint", info
+    labels = recover_labels(model, obs, shape, gen)
+    how = "idlg" if obs.num_samples == 1 else "counts"
+    if attack == "idlg":
+        x, _, info = dlg(model, obs, input_shape=shape, num_classes=classes, cfg=fam, gen=gen, labels=labels)
+    elif attack == "ig":
+        x, info = ig(model, obs, input_shape=shape, labels=labels, cfg=fam, gen=gen, box=box)
+    elif attack == "sme":
+        x, info = sme(model, obs, input_shape=shape, labels=labels, cfg=fam, gen=gen, box=box)
+    elif attack == "cpa":
+        x, info = cpa(model, obs, input_shape=shape, cfg=fam, gen=gen, box=box,
+                      prior=PixelPrior.of(pool.images))
+    elif attack == "analytic":
+        x, info = analytic_fc(model, obs, input_shape=shape), {}
+    else:
+        raise ValueError(f"unknown attack {attack!r}")
+    return x, labels, how, info
+
+
+def _observe(attack: str, model, params, clients, pool: Pool, cfg: AttackRunConfig,
+             defense: DefenseConfig, gen: torch.Generator, seed: int) -> Observation:
+    in_model = [(pool.normalizer.to_model(u), y) for u, y in clients]
+    if attack == "sme":
+        fam = cfg.attack.sme
+        steps, local_b, lr, view = fam.local_steps, fam.local_batch_size, fam.client_lr, "update"
+    else:
+        c = cfg.client
+        steps, local_b, lr, view = c.local_steps, c.local_batch_size, c.lr, "gradient"
+    return observe(model, params, in_model, lr=lr, local_steps=steps,
+                   local_batch_size=local_b, view=view, defense=defense, gen=gen, seed=seed)
+
+
+def _cell(cfg: AttackRunConfig, pool: Pool, attack: str, defense: DefenseConfig, b: int,
+          floor_value: np.ndarray, bar) -> tuple[dict, Example]:
+    model_name = cfg.model_for(attack)
+    example = Example(f"{attack} / {defense.display}")
+    psnrs, ssims, label_accs, truths, runtime, threat, how = [], [], [], [], 0.0, "", ""
+    steps = 1
+    for trial in range(cfg.trials):
+        data_gen = torch.Generator().manual_seed(job_seed(cfg.seed, trial, b))
+        clients = sample_clients(pool, defense.clients, b, data_gen, unique_labels=cfg.data.unique_labels)
+        model = build_attack_model(model_name, pool.input_shape, pool.num_classes,
+                                   seed=job_seed(cfg.seed, trial, 10_000))
+        params = ParamSpec.of(model).flatten(model.state_dict())
+        noise_gen = torch.Generator().manual_seed(job_seed(cfg.seed, trial, 20_000 + b))
+        obs = _observe(attack, model, params, clients, pool, cfg, defense, noise_gen, cfg.seed + trial)
+        threat, steps = obs.threat, obs.local_steps
+        t0 = time.perf_counter()
+        x_hat, y_hat, how, _ = run_attack(attack, model, obs, pool, cfg,
+                                          torch.Generator().manual_seed(job_seed(cfg.seed, trial, 30_000 + b)))
+        runtime += time.perf_counter() - t0
+        truth = torch.cat([u for u, _ in clients])
+        true_y = torch.cat([y for _, y in clients])
+        recon = pool.normalizer.to_pixels(x_hat.detach()).clamp(0, 1)
+        order = metrics.match(recon, truth)
+        keep = order >= 0
+        matched = recon[order[keep]]
+        p = metrics.psnr(matched, truth[keep])
+        psnrs.extend(p.tolist())
+        if min(truth.shape[-2:]) >= 11:
+            ssims.extend(metrics.ssim(matched, truth[keep]).tolist())
+        label_accs.append(metrics.label_accuracy(y_hat.tolist(), true_y.tolist()))
+        truths.append(truth)
+        for j in range(b):  # the first client's images: the same columns in every cell
+            if len(example.truth) < cfg.report.max_images and order[j] >= 0:
+                example.truth.append(truth[j])
+                example.recon.append(recon[order[j]])
+                example.psnr.append(float(metrics.psnr(recon[order[j]][None], truth[j][None])[0]))
+                aligned = attack not in ("cpa", "analytic") and len(y_hat) == len(recon)
+                example.label.append(int(y_hat[order[j]]) if aligned else None)
+        if bar is not None:
+            bar.set_postfix_str(f"{attack}/{defense.display}/B={b} psnr={float(p.mean()):.1f}")
+            bar.update(1)
+    all_truth = torch.cat(truths)
+    floor_row = float(metrics.constant_psnr(floor_value, all_truth).mean())
+    arr = np.asarray(psnrs)
+    eps = dp_epsilon(defense.noise_multiplier, defense.delta) if defense.name in ("dp", "dp-mf") else None
+    row = {
+        "dataset": cfg.data.name, "model": model_name, "state": "init", "threat": threat,
+        "attack": attack, "defense": defense.display, "defense_name": defense.name,
+        "defense_params": defense.params(), "clients": defense.clients, "batch_size": b,
+        "num_images": defense.clients * b, "local_steps": steps,
+        "client_lr": cfg.attack.sme.client_lr if attack == "sme" else cfg.client.lr,
+        "labels": how, "trials": cfg.trials, "seed": cfg.seed,
+        "label_accuracy": float(np.mean(label_accs)),
+        "psnr_mean": float(arr.mean()), "psnr_std": float(arr.std()),
+        "psnr_median": float(np.median(arr)), "psnr_max": float(arr.max()),
+        "ssim_mean": float(np.mean(ssims)) if ssims else None, "lpips_mean": None,
+        "frac_above_floor6": float((arr >= floor_row + 6).mean()),
+        "floor_psnr": floor_row,
+        "epsilon": eps if eps is not None and math.isfinite(eps) else None,
+        "delta": defense.delta if defense.name in ("dp", "dp-mf") else None,
+        "utility_accuracy": None, "runtime": runtime, "error": None,
+    }
+    return row, example
+
+
+def evaluate(cfg: AttackRunConfig, *, progress: bool = True, on_row=None
+             ) -> tuple[list[dict], list[Example], dict]:
+    """Run every cell of ``cfg``; returns ``(rows, examples, meta)``. ``on_row(rows, meta)`` is
+    called after each cell (e.g. to save partial results)."""
+    from tqdm import tqdm
+
+    torch.set_num_threads(cfg.threads)
+    pool = load_pool(cfg.data.name, cfg.data.dir or None, size=cfg.data.pool, seed=cfg.seed)
+    floor_value = metrics.floor_constant(pool.images)
+    meta = {"dataset": cfg.data.name, "pool": len(pool.labels),
+            "floor_constant": [float(v) for v in floor_value],
+            "floor_psnr_dataset": float(metrics.constant_psnr(floor_value, pool.images).mean())}
+    cells = [(a, d, b) for a in cfg.attacks for d in cfg.defenses for b in cfg.batch_sizes]
+    rows, examples, utility_cache = [], [], {}
+    bar = tqdm(total=len(cells) * cfg.trials, desc="attacks", disable=not progress, dynamic_ncols=True)
+    try:
+        for attack, defense, b in cells:
+            try:
+                row, example = _cell(cfg, pool, attack, defense, b, floor_value, bar)
+            except (ValueError, RuntimeError, NotImplementedError) as exc:
+                row = {"dataset": cfg.data.name, "model": cfg.model_for(attack), "attack": attack,
+                       "defense": defense.display, "defense_name": defense.name,
+                       "defense_params": defense.params(), "clients": defense.clients,
+                       "batch_size": b, "num_images": defense.clients * b, "error": str(exc),
+                       "floor_psnr": None, "runtime": 0.0}
+                example = Example(f"{attack} / {defense.display}")
+                bar.update(cfg.trials)
+            row["floor_psnr_dataset"] = meta["floor_psnr_dataset"]
+            if cfg.utility.rounds and row.get("error") is None:
+                key = (row["model"], defense.display)
+                if key not in utility_cache:
+                    u = cfg.utility
+                    utility_cache[key] = utility_accuracy(
+                        cfg.data.name, cfg.data.dir or None, row["model"], defense, rounds=u.rounds,
+                        clients=u.clients, samples_per_client=u.samples_per_client,
+                        local_steps=u.local_steps, batch_size=u.batch_size, lr=u.lr,
+                        eval_samples=u.eval_samples, seed=cfg.seed)
+                row["utility_accuracy"] = utility_cache[key]
+            example.title = f"{attack} / {defense.display} / B={b}"
+            rows.append(row)
+            examples.append(example)
+            if on_row is not None:
+                on_row(rows, meta)
+    finally:
+        bar.close()
+    return rows, examples, meta

@@ -1,0 +1,70 @@
+"""Victim models for attacks: the foundation's zoo plus DLG's sigmoid LeNet.
+
+``lenet-sigmoid`` is the model of DLG (Zhu, Liu, Han, NeurIPS 2019, arXiv 1906.08935; reference
+``mit-han-lab/dlg`` ``models/vision.py``): three 5x5 convolutions with 12 channels (stride 2, 2,
+1; padding 2), sigmoid after each, one linear layer, every weight and bias drawn from
+U(-0.5, 0.5). Sigmoid is twice differentiable and keeps the penultimate activations positive,
+which both DLG's optimisation and iDLG's label rule rely on. Everything else comes from
+:func:`fedsim.models.build_model` (``mlp`` is the first-FC-layer model for the analytic attack and
+CPA; ``cnn`` is the small ReLU CNN for IG and SME).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..models import MODELS, build_model
+
+__all__ = ["ATTACK_MODELS", "build_attack_model", "first_linear", "last_linear"]
+
+ATTACK_MODELS = ("lenet-sigmoid",) + tuple(m for m in MODELS if m != "char-lstm")
+
+
+def build_attack_model(name: str, input_shape: tuple, num_classes: int, *, seed: int) -> nn.Module:
+    """Build ``name`` (one of :data:`ATTACK_MODELS`) with weights drawn from ``seed``."""
+    if name == "lenet-sigmoid":
+        gen = torch.Generator().manual_seed(seed)
+        return _lenet_sigmoid(tuple(int(s) for s in input_shape), num_classes, gen)
+    if name not in ATTACK_MODELS:
+        raise ValueError(f"unknown attack model {name!r}; known: {', '.join(ATTACK_MODELS)}")
+    return build_model(name, input_shape, num_classes, seed=seed)
+
+
+def _lenet_sigmoid(shape: tuple, classes: int, gen: torch.Generator) -> nn.Module:
+    if len(shape) != 3:
+        raise ValueError(f"lenet-sigmoid needs an image input_shape (C, H, W), got {shape}")
+    c = shape[0]
+    body = nn.Sequential(nn.Conv2d(c, 12, 5, padding=2, stride=2), nn.Sigmoid(),
+                         nn.Conv2d(12, 12, 5, padding=2, stride=2), nn.Sigmoid(),
+                         nn.Conv2d(12, 12, 5, padding=2, stride=1), nn.Sigmoid(), nn.Flatten())
+    with torch.no_grad():
+        flat = body(torch.zeros(1, *shape)).numel()
+    model = nn.Sequential(*body, nn.Linear(flat, classes))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.rand(p.shape, generator=gen) - 0.5)
+    return model
+
+
+def _linears(model: nn.Module) -> list[str]:
+    return [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+
+
+def last_linear(model: nn.Module) -> tuple[str, str]:
+    """State-dict names ``(weight, bias)`` of the model's last linear (classifier) layer."""
+    names = _linears(model)
+    if not names:
+        raise ValueError("model has no linear layer")
+    return f"{names[-1]}.weight", f"{names[-1]}.bias"
+
+
+def first_linear(model: nn.Module) -> tuple[str, str]:
+    """State-dict names ``(weight, bias)`` of the model's first linear layer."""
+    names = _linears(model)
+    if not names:
+        raise ValueError("model has no linear layer")
+    module = dict(model.named_modules())[names[0]]
+    if module.bias is None:
+        raise ValueError("the first linear layer has no bias")
+    return f"{names[0]}.weight", f"{names[0]}.bias"
