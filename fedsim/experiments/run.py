@@ -109,6 +109,8 @@ def run_single(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, 
     rows = read_rows(metrics_path)
     summary = _summary(cfg, rows, time.monotonic() - t_start)
     summary["runtime"] = "in-process" if isinstance(grid, InProcessGrid) else type(grid).__name__
+    if hasattr(grid, "transport_stats"):  # answers the transport refused (auth, foreign, oversized, late)
+        summary["transport"] = grid.transport_stats()
     if hasattr(strategy, "privacy_summary"):
         summary.update(strategy.privacy_summary(summary["rounds"]))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -7,6 +7,7 @@ touching the caller's global RNG state.
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 from torch import nn
@@ -14,6 +15,7 @@ from torch import nn
 __all__ = ["MODELS", "CharLSTM", "build_model"]
 
 MODELS = ("logreg", "mlp", "lenet", "cnn", "char-lstm")
+_SEEDED = threading.Lock()  # the CPU generator is process-global: one seeded build at a time
 
 
 def build_model(name: str, input_shape: tuple, num_classes: int, *,
@@ -32,7 +34,8 @@ def build_model(name: str, input_shape: tuple, num_classes: int, *,
       ``num_classes`` on the last step; input int64 codes [n, T]. Needs ``vocab_size``.
 
     With ``seed`` given, construction runs under ``torch.random.fork_rng`` (CPU only) seeded with
-    ``seed``: the same seed gives the same weights and the caller's RNG state is unchanged.
+    ``seed``: the same seed gives the same weights and the caller's RNG state is unchanged
+    (seeded builds in several threads, e.g. in-thread gRPC nodes, take turns).
     """
     if name not in _BUILDERS:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
@@ -41,7 +44,7 @@ def build_model(name: str, input_shape: tuple, num_classes: int, *,
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     if seed is None:
         return _BUILDERS[name](input_shape, num_classes, vocab_size)
-    with torch.random.fork_rng(devices=[]):
+    with _SEEDED, torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)  # CPU only: torch.manual_seed would also reseed CUDA
         return _BUILDERS[name](input_shape, num_classes, vocab_size)
 

@@ -47,11 +47,16 @@ class AppHandler:
         return [self.app(m, c) for m, c in zip(messages, contexts)]
 
 
+def client_node_ids(num_clients: int, seed: int) -> list[int]:
+    """Node id of each virtual client (random 63-bit integers drawn from the seed, as in Flower);
+    the gRPC runtime assigns the same ids, so both runtimes route identically."""
+    rng = np.random.default_rng([seed, 0x6E6F6465])
+    return [int(i) for i in rng.choice(np.iinfo(np.int64).max - 2, size=num_clients, replace=False) + 2]
+
+
 class InProcessGrid(Grid):
     def __init__(self, handler, num_clients: int, *, seed: int = 0, run_id: int = 1, run_config: dict | None = None):
-        rng = np.random.default_rng([seed, 0x6E6F6465])
-        ids = rng.choice(np.iinfo(np.int64).max - 2, size=num_clients, replace=False) + 2
-        self.node_ids = [int(i) for i in ids]
+        self.node_ids = client_node_ids(num_clients, seed)
         self.contexts = {
             nid: Context(run_id=run_id, node_id=nid, state=RecordDict(), run_config=dict(run_config or {}),
                          node_config={"partition-id": cid, "num-partitions": num_clients})

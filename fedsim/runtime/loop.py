@@ -67,6 +67,8 @@ def run_rounds(strategy, grid: Grid, arrays: ArrayRecord, *, first_round: int, l
         replies = wait_for(grid, pending if strategy.asynchronous else pushed, need, timeout)
         pending -= {m.metadata.reply_to_message_id for m in replies}
         if not strategy.asynchronous:
+            if hasattr(grid, "forget"):  # a remote grid withdraws the work and drops late answers
+                grid.forget(pending)
             pending.clear()  # a synchronous round forgets answers that did not come in time
         new_arrays, metrics = strategy.aggregate_train(rnd, replies)
         if new_arrays is not None:

@@ -44,6 +44,8 @@ def read_flat(record: ArrayRecord) -> torch.Tensor:
     if list(record.keys()) != [UPDATE]:
         raise ValueError(f"update record must hold exactly one array named '{UPDATE}', got {list(record.keys())}")
     arr = record[UPDATE].numpy()
+    if arr.dtype != np.float32:
+        raise ValueError(f"update must be float32, got {arr.dtype}")
     if arr.ndim != 1:
         raise ValueError(f"update must be a flat vector, got shape {arr.shape}")
     return torch.from_numpy(np.array(arr, dtype=np.float32))

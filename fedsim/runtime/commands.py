@@ -1,0 +1,137 @@
+"""CLI of the gRPC runtime: ``fedsim server``, ``fedsim client``, ``fedsim certs``, ``fedsim launch``.
+
+    fedsim certs --out certs/ [--host NAME ...] [--tokens 3 [--num-clients 50]]
+    fedsim server CONFIG [--set k=v] [--arm NAME] --address 127.0.0.1:9400 --tls-dir certs/ \\
+        --token-file certs/tokens.txt --out runs/s [--resume] [--round-timeout S]
+    fedsim client --server 127.0.0.1:9400 --clients 0-49 --tls-dir certs/ --token-file node.token
+    fedsim launch CONFIG --processes 3 --out runs/g
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+
+def _server(args) -> int:
+    from ..config import ConfigError, arm_configs, load_config
+    from .server import ServerOptions, run_server
+
+    cfg = load_config(args.config, args.set)
+    if cfg.arms:
+        arms = arm_configs(cfg)
+        if args.arm not in arms:
+            raise ConfigError(f"'{args.config}' compares arms {list(arms)}; pick one with --arm")
+        cfg = arms[args.arm]
+    opts = ServerOptions(address=args.address, tls_dir=args.tls_dir, token_file=args.token_file,
+                         insecure=args.insecure, round_timeout=args.round_timeout, wait_nodes=args.wait_nodes,
+                         arrival=args.arrival, max_message_mb=args.max_message_mb)
+    out = args.out or os.path.join("runs", cfg.name)
+    host = args.address.rsplit(":", 1)[0]
+    _terminate_as_interrupt()
+    try:
+        summary = run_server(cfg, out, opts, resume=args.resume, progress=not args.quiet,
+                             on_listen=lambda port: print(f"fedsim server listening on {host}:{port}", flush=True))
+    except TimeoutError as exc:
+        print(f"fedsim server: {exc}", file=sys.stderr)
+        return 1
+    print(f"final accuracy {summary['final_accuracy']:.4f} after {summary['rounds']} rounds; outputs in {out}/",
+          flush=True)
+    return 0
+
+
+def _client(args) -> int:
+    from ..config import ConfigError
+    from .node import Node
+    from .security import channel_credentials, is_loopback, parse_clients, read_token
+
+    try:
+        clients = parse_clients(args.clients)
+    except ValueError as exc:
+        raise ConfigError(f"--clients: {exc}") from None
+    if args.insecure and not is_loopback(args.server):
+        raise ConfigError(f"--insecure is only allowed for a loopback server, not {args.server}")
+    if not args.insecure and not args.tls_dir:
+        raise ConfigError("fedsim client needs --tls-dir (the CA of the server) or --insecure on 127.0.0.1")
+    creds = None if args.insecure else channel_credentials(args.tls_dir)
+    token = read_token(args.token_file) if args.token_file else ""
+    _terminate_as_interrupt()
+    node = Node(args.server, clients, token, credentials=creds, max_wait=args.max_wait, name=args.name)
+    return node.run()
+
+
+def _certs(args) -> int:
+    from .launch import contiguous
+    from .security import make_certs, write_tokens
+
+    make_certs(args.out, args.host)
+    print(f"CA and server certificate in {args.out}/ (ca.pem, server.pem, server.key)")
+    if args.tokens:
+        ranges = contiguous(args.num_clients, args.tokens) if args.num_clients else None
+        write_tokens(args.out, args.tokens, ranges)
+        print(f"{args.tokens} node tokens: {args.out}/node-<i>.token; server list: {args.out}/tokens.txt")
+    return 0
+
+
+def _launch(args) -> int:
+    from .launch import launch
+
+    _terminate_as_interrupt()
+    return launch(args.config, args.set, processes=args.processes, out=args.out, insecure=args.insecure,
+                  round_timeout=args.round_timeout, quiet=args.quiet)
+
+
+def _terminate_as_interrupt() -> None:
+    """SIGTERM ends the process like Ctrl-C: outputs so far and the last checkpoint are kept."""
+    def raise_interrupt(*_):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, raise_interrupt)
+
+
+def add_parsers(sub) -> None:
+    s = sub.add_parser("server", help="serve one federation over gRPC (clients connect with `fedsim client`)")
+    s.add_argument("config", help="preset name or TOML file")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted override (repeatable)")
+    s.add_argument("--arm", help="for a comparison preset: the arm to serve")
+    s.add_argument("--address", default="127.0.0.1:9400", help="HOST:PORT to listen on (port 0: any free port)")
+    s.add_argument("--tls-dir", help="directory with server.pem and server.key (see `fedsim certs`)")
+    s.add_argument("--token-file", help="accepted node tokens, one 'NAME TOKEN [CLIENTS]' per line")
+    s.add_argument("--insecure", action="store_true", help="plaintext without tokens; loopback addresses only")
+    s.add_argument("--out", help="output directory (default runs/<name>)")
+    s.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    s.add_argument("--round-timeout", type=float, default=120.0, help="wall seconds a round waits for answers")
+    s.add_argument("--wait-nodes", type=float, default=300.0, help="wall seconds to wait for all clients")
+    s.add_argument("--arrival", choices=("virtual", "wall"), default="virtual",
+                   help="answer order: the virtual clock (default; matches `fedsim run`) or real arrival")
+    s.add_argument("--max-message-mb", type=float, default=64.0, help="larger replies are refused and counted")
+    s.add_argument("--quiet", action="store_true", help="no progress output")
+    s.set_defaults(func=_server)
+
+    c = sub.add_parser("client", help="a node process hosting virtual clients for a `fedsim server`")
+    c.add_argument("--server", required=True, help="HOST:PORT of the server")
+    c.add_argument("--clients", required=True, help="virtual client ids, e.g. 0-49 or 0,2,4-9")
+    c.add_argument("--tls-dir", help="directory with the CA certificate ca.pem")
+    c.add_argument("--token-file", help="file holding this node's token")
+    c.add_argument("--insecure", action="store_true", help="plaintext; loopback servers only")
+    c.add_argument("--max-wait", type=float, default=60.0, help="give up after this long without a server")
+    c.add_argument("--name", default="node", help="name in log lines")
+    c.set_defaults(func=_client)
+
+    k = sub.add_parser("certs", help="self-signed CA + server certificate (and node tokens) for testing")
+    k.add_argument("--out", required=True, help="output directory")
+    k.add_argument("--host", action="append", default=[], help="extra server name or IP (repeatable)")
+    k.add_argument("--tokens", type=int, default=0, help="also write this many node tokens")
+    k.add_argument("--num-clients", type=int, default=0, help="bind token i to the i-th contiguous client range")
+    k.set_defaults(func=_certs)
+
+    la = sub.add_parser("launch", help="server + N client processes on 127.0.0.1, one command")
+    la.add_argument("config", help="preset name or TOML file")
+    la.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted override (repeatable)")
+    la.add_argument("--processes", type=int, default=2, help="client node processes (clients split evenly)")
+    la.add_argument("--out", help="output directory (default runs/<name>-grpc)")
+    la.add_argument("--insecure", action="store_true", help="plaintext and no tokens (default: TLS + tokens)")
+    la.add_argument("--round-timeout", type=float, default=120.0, help="wall seconds a round waits for answers")
+    la.add_argument("--quiet", action="store_true", help="no progress output")
+    la.set_defaults(func=_launch)
+

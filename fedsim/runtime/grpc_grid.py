@@ -1,0 +1,371 @@
+"""``GrpcGrid``: a Flower ``Grid`` whose clients are remote node processes (fedsim's gRPC runtime).
+
+Every virtual client is its own Flower node id (the same ids as the in-process runtime, drawn from
+the seed), with its ``Context`` kept by the node process that hosts it; one node process answers for
+many. ``push_messages`` serializes each message once (Flower protobuf) into the outbox of its node
+id; node processes long-poll their outboxes (``take``) and push replies (``accept``), which are
+checked here before any strategy sees them: the sender's session must own the destination node of
+the message it answers, each message is answered once, and late answers to forgotten messages are
+dropped. Every refusal is counted (``transport_stats``) and logged.
+
+Arrival order: with ``arrival="virtual"`` (default) a reply is due at push time + its
+``sim-latency`` on a virtual clock, exactly as in ``InProcessGrid``; ``pull_until`` waits (wall
+clock) until every answer due by the ``need``-th earliest due time is physically in, so synchronous
+and asynchronous strategies (AFA-CD) see the same answers in the same order as under ``fedsim run``.
+With ``arrival="wall"`` answers count in the order they really arrive. Either way a wall-clock
+``round_timeout`` bounds every wait: a dead node delays a round, never hangs it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from flwr.app import Error, Message, MessageType, RecordDict
+from flwr.common.serde import message_from_proto, message_to_proto
+from flwr.proto.message_pb2 import Message as ProtoMessage  # pylint: disable=no-name-in-module
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
+
+from . import protocol as P
+from .inprocess import client_node_ids, set_task_identity
+from .security import TokenBook
+
+log = logging.getLogger("fedsim.grpc")
+
+
+class Refused(Exception):
+    """A node request the server turns down; ``kind`` names the counter, ``code`` the gRPC status."""
+
+    def __init__(self, kind: str, reason: str, code: str = "PERMISSION_DENIED"):
+        super().__init__(reason)
+        self.kind, self.reason, self.code = kind, reason, code
+
+
+@dataclass
+class _Request:
+    dst: int
+    due: float       # virtual arrival time of the answer
+    seq: int         # push order (ties in ``due`` keep it)
+    data: bytes      # the serialized Flower message
+    owner: str | None = None  # session it was delivered to (None: still in the outbox)
+
+
+@dataclass
+class _Session:
+    name: str
+    nodes: set[int] = field(default_factory=set)
+    last_seen: float = field(default_factory=time.monotonic)
+    told_done: bool = False
+
+
+class GrpcGrid(Grid):
+    def __init__(self, num_clients: int, *, seed: int = 0, run_id: int = 1, config: dict | None = None,
+                 tokens: TokenBook | None = None, arrival: str = "virtual", round_timeout: float = 120.0):
+        if arrival not in ("virtual", "wall"):
+            raise ValueError(f"arrival must be 'virtual' or 'wall', got '{arrival}'")
+        self.num_clients, self.config, self.tokens = num_clients, dict(config or {}), tokens
+        self.arrival, self.round_timeout = arrival, float(round_timeout)
+        self.node_ids = client_node_ids(num_clients, seed)
+        self.client_of = {nid: cid for cid, nid in enumerate(self.node_ids)}
+        self.now = 0.0
+        self.done = False
+        self.stats: Counter = Counter()
+        self._t0 = time.monotonic()
+        self._run = Run.create_empty(run_id)
+        self._seq = itertools.count()
+        self._cond = threading.Condition()
+        self._sessions: dict[str, _Session] = {}
+        self._owner: dict[int, str] = {}          # node id -> session id
+        self._outbox: dict[int, list[str]] = {}   # node id -> message ids not yet delivered
+        self._requests: dict[str, _Request] = {}  # message id -> request still awaiting pull
+        self._replies: dict[str, Message] = {}    # message id -> reply in, not yet pulled
+        self._arrived: dict[str, int] = {}        # message id -> arrival order (wall mode)
+        self._forgotten: set[str] = set()
+        self._replaced: set[str] = set()          # sessions that lost every node to a newer one
+        set_task_identity(run_id)
+
+    # --- Flower Grid API -------------------------------------------------------------------------
+    def set_run(self, run: Run) -> None:
+        self._run = run
+
+    @property
+    def run(self) -> Run:
+        return self._run
+
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
+                       ttl: float | None = None) -> Message:
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:
+        with self._cond:
+            return sorted(self._owner, key=self.client_of.__getitem__)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        ids = []
+        with self._cond:
+            for msg in messages:
+                dst = msg.metadata.dst_node_id
+                if dst not in self.client_of:
+                    raise ValueError(f"unknown node {dst}: no such client in this federation")
+                seq = next(self._seq)
+                msg.metadata.__dict__["_message_id"] = mid = f"{self._run.run_id}-{seq}"
+                latency = 0.0
+                config = msg.content.config_records.get(P.CONFIG)
+                if msg.metadata.message_type.startswith(MessageType.TRAIN) and config is not None:
+                    latency = float(config.get(P.SIM_LATENCY, 0.0))
+                if latency < 0:
+                    raise ValueError(f"negative latency {latency}")
+                self._requests[mid] = _Request(dst, self.now + latency, seq, message_to_proto(msg).SerializeToString())
+                self._outbox.setdefault(dst, []).append(mid)
+                ids.append(mid)
+            self._cond.notify_all()
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        """Every wanted reply that is in (the virtual clock moves to the latest one's due time)."""
+        with self._cond:
+            mids = [m for m in message_ids if m in self._replies]
+            return self._take(sorted(mids, key=self._order))
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        ids = list(self.push_messages(messages))
+        return self.pull_until(ids, len(ids), timeout=timeout)
+
+    # --- waiting ---------------------------------------------------------------------------------
+    def pull_until(self, message_ids: Iterable[str], min_replies: int, *, timeout: float | None = None
+                   ) -> list[Message]:
+        """Wait for ``min_replies`` answers among ``message_ids`` (see the module docstring).
+
+        ``timeout`` is wall-clock seconds (default ``round_timeout``); after it, what is in comes back.
+        """
+        deadline = time.monotonic() + (self.round_timeout if timeout is None else timeout)
+        with self._cond:
+            wanted = [m for m in message_ids if m in self._requests]
+            while True:
+                ready = self._ready(wanted, min_replies)
+                if ready is not None:
+                    return self._take(ready)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return self._take(self._late(wanted, min_replies))
+                self._cond.wait(min(left, 1.0))
+
+    def _ready(self, wanted: list[str], need: int) -> list[str] | None:
+        alive = sorted((m for m in wanted if m in self._requests), key=self._order)
+        if self.arrival == "wall":
+            got = [m for m in alive if m in self._replies]
+            return got if len(got) >= min(need, len(alive)) else None
+        horizon = self.now if need <= 0 or not alive else max(self.now, self._requests[alive[min(need, len(alive)) - 1]].due)
+        due = [m for m in alive if self._requests[m].due <= horizon]
+        if all(m in self._replies for m in due):
+            self.now = horizon
+            return due
+        return None
+
+    def _late(self, wanted: list[str], need: int) -> list[str]:
+        got = sorted((m for m in wanted if m in self._replies), key=self._order)
+        if self.arrival == "virtual" and got:
+            alive = sorted((m for m in wanted if m in self._requests), key=self._order)
+            horizon = max(self.now, self._requests[alive[min(max(need, 1), len(alive)) - 1]].due)
+            on_time = [m for m in got if self._requests[m].due <= horizon]
+            got = on_time + [m for m in got if m not in on_time][:max(0, need - len(on_time))]
+            self.now = max([horizon] + [self._requests[m].due for m in got])
+        log.warning("waited %.1f s: %d of %d answers needed are in; going on without the rest",
+                    self.round_timeout, len(got), need)
+        self.stats["timeouts"] += 1
+        return got
+
+    def _order(self, mid: str):
+        req = self._requests[mid]
+        return (self._arrived.get(mid, 0), req.seq) if self.arrival == "wall" else (req.due, req.seq)
+
+    def _take(self, mids: list[str]) -> list[Message]:
+        out = []
+        for mid in mids:
+            reply = self._replies.pop(mid)
+            req = self._requests.pop(mid)
+            self._arrived.pop(mid, None)
+            if self.arrival == "virtual":
+                self.now = max(self.now, req.due)
+            out.append(reply)
+        if self.arrival == "wall":
+            self.now = time.monotonic() - self._t0
+        return out
+
+    def forget(self, message_ids: Iterable[str]) -> None:
+        """Stop waiting for these messages: undelivered ones are withdrawn, late answers dropped."""
+        with self._cond:
+            for mid in message_ids:
+                req = self._requests.pop(mid, None)
+                self._replies.pop(mid, None)
+                if req is not None:
+                    self._forgotten.add(mid)
+                    if req.owner is None and mid in self._outbox.get(req.dst, []):
+                        self._outbox[req.dst].remove(mid)
+
+    def wait_for_nodes(self, timeout: float) -> bool:
+        """Block until every virtual client is registered (False after ``timeout`` seconds)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while len(self._owner) < self.num_clients:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 1.0))
+        return True
+
+    def close(self) -> None:
+        """The run is over: nodes polling from now on are told to exit."""
+        with self._cond:
+            self.done = True
+            self._cond.notify_all()
+
+    def polling_sessions(self, within: float = 15.0) -> int:
+        """Sessions seen in the last ``within`` s that have not yet been told the run is over."""
+        now = time.monotonic()
+        with self._cond:
+            return sum(1 for s in self._sessions.values() if not s.told_done and now - s.last_seen < within)
+
+    def transport_stats(self) -> dict:
+        with self._cond:
+            return dict(self.stats)
+
+    # --- node side (called from gRPC worker threads) ----------------------------------------------
+    def register(self, token: str, clients: list[int], peer: str = "?") -> tuple[str, dict]:
+        entry = self.tokens.check(token) if self.tokens is not None else None
+        if self.tokens is not None and entry is None:
+            self._refuse("unauthenticated", f"refused node at {peer}: unknown token", "UNAUTHENTICATED")
+        name = entry.name if entry else f"node@{peer}"
+        bad = [c for c in clients if not 0 <= c < self.num_clients]
+        if bad or not clients:
+            self._refuse("bad_registration", f"refused {name}: clients {bad[:5] or '[]'} not in 0..{self.num_clients - 1}",
+                         "INVALID_ARGUMENT")
+        if entry is not None and entry.clients is not None and not set(clients) <= entry.clients:
+            self._refuse("unauthorized_clients", f"refused {name}: its token does not cover clients "
+                         f"{sorted(set(clients) - entry.clients)[:5]}")
+        sid = secrets.token_hex(16)
+        with self._cond:
+            nodes = {self.node_ids[c] for c in clients}
+            for nid in nodes:
+                old = self._owner.get(nid)
+                if old is not None and old != sid:
+                    self._release(old, nid)
+                self._owner[nid] = sid
+            self._sessions[sid] = _Session(name, nodes)
+            self._cond.notify_all()
+        log.info("%s registered %d clients", name, len(nodes))
+        return sid, {"nodes": {str(c): self.node_ids[c] for c in clients}, "run_id": self._run.run_id,
+                     "num_clients": self.num_clients, "config": self.config}
+
+    def take(self, sid: str, wait: float) -> tuple[bool, list[bytes]]:
+        """Messages for the session's nodes (blocks up to ``wait`` s); ``(done, messages)``."""
+        deadline = time.monotonic() + wait
+        with self._cond:
+            while True:
+                session = self._session(sid)
+                session.last_seen = time.monotonic()
+                mids = [m for nid in session.nodes for m in self._outbox.pop(nid, [])]
+                if mids or self.done or time.monotonic() >= deadline:
+                    break
+                self._cond.wait(max(0.0, min(deadline - time.monotonic(), 1.0)))
+            out = []
+            for mid in sorted(mids, key=lambda m: self._requests[m].seq):
+                self._requests[mid].owner = sid
+                out.append(self._requests[mid].data)
+            session.told_done = self.done and not out
+            return session.told_done, out
+
+    def accept(self, sid: str, data: bytes, max_bytes: int | None = None) -> None:
+        """Check and store a reply; raises ``Refused`` (and counts it) when it is not acceptable.
+
+        A reply over ``max_bytes`` from the rightful node is refused too, but an error reply takes
+        its place, so the strategy counts it as rejected and the round does not wait for it.
+        """
+        try:
+            reply = message_from_proto(ProtoMessage.FromString(data))
+        except Exception as exc:  # noqa: BLE001 - anything undecodable is refused
+            self._refuse("malformed", f"undecodable reply: {exc}", "INVALID_ARGUMENT")
+        meta = reply.metadata
+        with self._cond:
+            session = self._session(sid)
+            mid = meta.reply_to_message_id
+            req = self._requests.get(mid)
+            if req is None:
+                kind = "late" if mid in self._forgotten else "unknown_message"
+                self._refuse(kind, f"{session.name}: reply to {kind.replace('_', ' ')} '{mid}' dropped",
+                             "FAILED_PRECONDITION", warn=kind != "late")
+            if req.dst != meta.src_node_id or req.dst not in session.nodes:
+                self._refuse("foreign", f"refused reply from {session.name}: message {mid} went to node {req.dst}, "
+                             f"not to node {meta.src_node_id} of this session")
+            if mid in self._replies:
+                self._refuse("duplicate", f"{session.name}: message {mid} was already answered", "ALREADY_EXISTS")
+            too_big = max_bytes is not None and len(data) > max_bytes
+            if too_big:
+                reason = f"reply of {len(data)} bytes is over the {max_bytes}-byte limit"
+                reply = Message(metadata=reply.metadata, error=Error(code=413, reason=reason))
+            self._replies[mid] = reply
+            self._arrived[mid] = next(self._seq)
+            self.stats["replies"] += 1
+            self._cond.notify_all()
+            if too_big:
+                self._refuse("oversized", f"refused {session.name}: {reason}", "RESOURCE_EXHAUSTED")
+
+    def count(self, kind: str) -> None:
+        with self._cond:
+            self.stats[kind] += 1
+
+    def _session(self, sid: str) -> _Session:
+        session = self._sessions.get(sid)
+        if session is None and sid in self._replaced:
+            self._refuse("replaced_session", "request from a session whose clients another node took over", "ABORTED")
+        if session is None:
+            self._refuse("unknown_session", "request from an unknown or replaced session", "UNAUTHENTICATED")
+        return session
+
+    def _release(self, sid: str, nid: int) -> None:
+        """Node ``nid`` moves to a new session: what its old session got but did not answer is redelivered."""
+        session = self._sessions.get(sid)
+        if session is not None:
+            session.nodes.discard(nid)
+            if not session.nodes:
+                del self._sessions[sid]
+                self._replaced.add(sid)
+        again = [m for m, r in self._requests.items() if r.dst == nid and r.owner == sid and m not in self._replies]
+        for mid in again:
+            self._requests[mid].owner = None
+        self._outbox[nid] = sorted(set(self._outbox.get(nid, [])) | set(again), key=lambda m: self._requests[m].seq)
+
+    def _refuse(self, kind: str, reason: str, code: str = "PERMISSION_DENIED", warn: bool = True):
+        self.stats[kind] += 1
+        (log.warning if warn else log.info)(reason)
+        raise Refused(kind, reason, code)
+
+    # --- checkpoint ------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Clock, id counter, requests still awaiting an answer and answers not yet pulled (as Flower
+        protobuf bytes). Client-side state lives in the node processes, not here."""
+        with self._cond:
+            seq = next(self._seq)
+            self._seq = itertools.count(seq)
+            return {"now": self.now, "seq": seq,
+                    "requests": {m: (r.dst, r.due, r.seq, r.data) for m, r in self._requests.items()},
+                    "replies": {m: message_to_proto(r).SerializeToString() for m, r in self._replies.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore; requests that were out are sent again (nodes answer deterministically)."""
+        with self._cond:
+            self.now = float(state["now"])
+            self._seq = itertools.count(int(state["seq"]))
+            self._requests = {m: _Request(int(d), float(t), int(s), b) for m, (d, t, s, b) in state["requests"].items()}
+            self._replies = {m: message_from_proto(ProtoMessage.FromString(b)) for m, b in state["replies"].items()}
+            self._outbox = {}
+            for mid in sorted(set(self._requests) - set(self._replies), key=lambda m: self._requests[m].seq):
+                self._outbox.setdefault(self._requests[mid].dst, []).append(mid)
+            self._cond.notify_all()

@@ -1,0 +1,159 @@
+"""``fedsim launch``: a server and N client node processes on 127.0.0.1, one command.
+
+Per run (or per arm of a comparison preset, one after another): generate a test CA, server
+certificate and one token per node bound to its client range (unless ``--insecure``), start
+``fedsim server`` on a free port (it prints the port), start ``fedsim client`` processes on
+contiguous client ranges, forward the server's output, and wait. Outputs are ``fedsim run``'s
+(``metrics.jsonl``, ``summary.json``, ``curves.png``, ``checkpoint.pt``; plus ``comparison.*`` for
+arms); node logs go to ``OUT/.launch/node-<i>.log``. On exit, error or Ctrl-C every child still
+running is terminated by its PID (SIGTERM, then SIGKILL after a grace period).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from ..config import ConfigError, arm_configs, load_config
+
+LISTEN = re.compile(r"fedsim server listening on ([\w.:\[\]-]+):(\d+)")
+
+
+def contiguous(num_clients: int, parts: int) -> list[list[int]]:
+    """Split ``0..num_clients-1`` into ``parts`` contiguous, nearly equal ranges."""
+    if not 1 <= parts <= num_clients:
+        raise ConfigError(f"--processes must be between 1 and the number of clients ({num_clients}), got {parts}")
+    base, extra = divmod(num_clients, parts)
+    out, start = [], 0
+    for i in range(parts):
+        size = base + (i < extra)
+        out.append(list(range(start, start + size)))
+        start += size
+    return out
+
+
+def launch(config: str, overrides: list[str], *, processes: int, out: str | None = None, insecure: bool = False,
+           round_timeout: float = 120.0, quiet: bool = False, echo=print) -> int:
+    from ..experiments.report import comparison_table, plot_curves, read_rows
+
+    cfg = load_config(config, overrides)
+    out = Path(out or os.path.join("runs", f"{cfg.name}-grpc"))
+    arms = arm_configs(cfg)
+    summaries = {}
+    for arm, arm_cfg in arms.items():
+        arm_out = out / arm if cfg.arms else out
+        code = _launch_one(config, overrides, arm if cfg.arms else None, arm_cfg.data.num_clients, processes,
+                           arm_out, insecure, round_timeout, quiet, echo)
+        if code != 0:
+            return code
+        summaries[arm] = json.loads((arm_out / "summary.json").read_text())
+    table = comparison_table(summaries)
+    if cfg.arms:
+        (out / "comparison.md").write_text(f"# {cfg.name}\n\n{cfg.description}\n\n{table}\n")
+        (out / "comparison.json").write_text(json.dumps(summaries, indent=2))
+        plot_curves({arm: read_rows(out / arm / "metrics.jsonl") for arm in arms}, out / "curves.png", cfg.name)
+    echo(table)
+    echo(f"outputs in {out}/")
+    return 0
+
+
+def _launch_one(config, overrides, arm, num_clients, processes, out: Path, insecure, round_timeout, quiet, echo) -> int:
+    from .security import make_certs, write_tokens
+
+    ranges = contiguous(num_clients, processes)
+    work = out / ".launch"
+    work.mkdir(parents=True, exist_ok=True)
+    fedsim = [sys.executable, "-m", "fedsim"]
+    server_cmd = [*fedsim, "server", config, "--address", "127.0.0.1:0", "--out", str(out),
+                  "--round-timeout", str(round_timeout), *[a for s in overrides for a in ("--set", s)]]
+    if arm:
+        server_cmd += ["--arm", arm]
+    if quiet:
+        server_cmd.append("--quiet")
+    if insecure:
+        server_cmd.append("--insecure")
+        secure: list[list[str]] = [["--insecure"]] * processes
+    else:
+        certs = make_certs(work / "certs")
+        tokens = write_tokens(certs, processes, ranges)
+        server_cmd += ["--tls-dir", str(certs), "--token-file", str(certs / "tokens.txt")]
+        secure = [["--tls-dir", str(certs), "--token-file", str(t)] for t in tokens]
+    children: list[subprocess.Popen] = []
+    logs = []
+    try:
+        server = subprocess.Popen(server_cmd, stdout=subprocess.PIPE, text=True, bufsize=1)
+        children.append(server)
+        port = _await_port(server, echo, timeout=120)
+        for i, (clients, sec) in enumerate(zip(ranges, secure)):
+            log = open(work / f"node-{i}.log", "w")  # noqa: SIM115 - closed in finally
+            logs.append(log)
+            cmd = [*fedsim, "client", "--server", f"127.0.0.1:{port}", "--clients", f"{clients[0]}-{clients[-1]}",
+                   "--name", f"node-{i}", "--max-wait", str(max(30.0, round_timeout)), *sec]
+            children.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
+        echo(f"launched server (pid {server.pid}) and {processes} client processes on 127.0.0.1:{port}")
+        return _wait(server, children[1:], echo)
+    except KeyboardInterrupt:
+        echo("fedsim launch: interrupted; stopping the server and clients")
+        return 130
+    except RuntimeError as exc:  # the server never came up
+        echo(f"fedsim launch: {exc}")
+        return 1
+    finally:
+        _terminate(children)
+        for log in logs:
+            log.close()
+
+
+def _await_port(server: subprocess.Popen, echo, timeout: float) -> int:
+    """Read the server's stdout until it names its port; then keep forwarding it in a thread."""
+    found: list[int] = []
+    ready = threading.Event()
+
+    def pump():
+        for line in server.stdout:
+            m = LISTEN.search(line)
+            if m and not found:
+                found.append(int(m.group(2)))
+                ready.set()
+            echo(line.rstrip("\n"))
+        ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    if not ready.wait(timeout) or not found:
+        raise RuntimeError(f"the server did not start listening within {timeout:.0f} s (exit code {server.poll()})")
+    return found[0]
+
+
+def _wait(server: subprocess.Popen, clients: list[subprocess.Popen], echo) -> int:
+    reported = set()
+    while server.poll() is None:
+        for i, c in enumerate(clients):
+            if c.poll() not in (None, 0) and i not in reported:
+                reported.add(i)
+                echo(f"warning: client process {i} (pid {c.pid}) exited with code {c.returncode}; "
+                     f"see its log in .launch/node-{i}.log")
+        time.sleep(0.2)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(c.poll() is None for c in clients):
+        time.sleep(0.1)
+    return server.returncode
+
+
+def _terminate(children: list[subprocess.Popen], grace: float = 5.0) -> None:
+    """Stop the children we started, by PID: SIGTERM, then SIGKILL after ``grace`` seconds."""
+    alive = [c for c in children if c.poll() is None]
+    for c in alive:
+        c.terminate()
+    deadline = time.monotonic() + grace
+    for c in alive:
+        try:
+            c.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            c.kill()
+            c.wait(5)

@@ -1,0 +1,173 @@
+"""``fedsim client``: a long-lived node process hosting one or many virtual clients.
+
+The node registers its client ids with a token, receives the experiment config from the server and
+builds one warm ``ClientHandler`` (data and model stay loaded). It long-polls for messages; all
+TRAIN messages of one poll (a round's work for its clients) go to the handler as one cohort, exactly
+as the in-process runtime does, and every reply is pushed back as a Flower protobuf ``Message``.
+Each hosted client has its own ``Context`` (``partition-id``) and Flower node id.
+
+Losing the server (restart, network) makes the node reconnect with exponential backoff for up to
+``max_wait`` seconds and re-register; its handler and client-side state (EF21/EF14 vectors) survive
+that. A restarted node *process* starts with empty client-side state (see README).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+
+import grpc
+from flwr.app import Context, Error, Message, MessageType, RecordDict
+from flwr.common.serde import message_from_proto, message_to_proto
+from flwr.proto.message_pb2 import Message as ProtoMessage  # pylint: disable=no-name-in-module
+
+from . import protocol as P
+from .grpc_service import SESSION_KEY, FleetStub, open_channel
+
+log = logging.getLogger("fedsim.node")
+REFUSED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT)
+
+
+class NodeRefused(RuntimeError):
+    """The server turned this node away (bad token, clients it may not host)."""
+
+
+class Node:
+    def __init__(self, server: str, clients: list[int], token: str = "", *, credentials=None, max_wait: float = 60.0,
+                 poll: float = 2.0, name: str = "node"):
+        self.server, self.clients, self.token = server, list(clients), token
+        self.credentials, self.max_wait, self.poll, self.name = credentials, max_wait, poll, name
+        self.handler = None
+        self._config_key = None
+        self.contexts: dict[int, Context] = {}
+        self.stop_event = threading.Event()
+        self.answered = 0
+
+    # --- main loop -------------------------------------------------------------------------------
+    def run(self) -> int:
+        """Serve until the server says the run is over (0), the node is refused (3), another node takes
+        over its clients (4), the server stays away for ``max_wait`` s (1) or ``stop()`` is called (0)."""
+        backoff, lost_since = 0.2, None
+        while not self.stop_event.is_set():
+            channel = open_channel(self.server, self.credentials)
+            try:
+                stub = FleetStub(channel)
+                session = self._register(stub)
+                backoff, lost_since = 0.2, None
+                if self._serve(stub, session):
+                    return 0
+            except NodeRefused as exc:
+                log.error("%s: refused by the server: %s", self.name, exc)
+                return 3
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.ABORTED:  # a newer node registered our clients
+                    log.error("%s: %s; exiting", self.name, exc.details())
+                    return 4
+                lost_since = lost_since or time.monotonic()
+                if time.monotonic() - lost_since > self.max_wait:
+                    log.error("%s: no server at %s for %.0f s (%s); giving up", self.name, self.server,
+                              self.max_wait, exc.code())
+                    return 1
+                log.info("%s: server unavailable (%s); retrying in %.1f s", self.name, exc.code(), backoff)
+                self.stop_event.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                channel.close()
+        return 0
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def _register(self, stub: FleetStub) -> str:
+        try:
+            raw = stub.register(json.dumps({"token": self.token, "clients": self.clients}).encode(), timeout=30)
+        except grpc.RpcError as exc:
+            if exc.code() in REFUSED:
+                raise NodeRefused(exc.details()) from None
+            raise
+        info = json.loads(raw)
+        self._prepare(info)
+        log.info("%s: registered %d clients", self.name, len(self.clients))
+        return info["session"]
+
+    def _serve(self, stub: FleetStub, session: str) -> bool:
+        meta = ((SESSION_KEY, session),)
+        while not self.stop_event.is_set():
+            stream = stub.pull(json.dumps({"wait": self.poll}).encode(), metadata=meta, timeout=self.poll + 30)
+            header, *batch = list(stream)
+            if json.loads(header)["done"]:
+                log.info("%s: the run is over", self.name)
+                return True
+            if not batch:
+                continue
+            messages = [message_from_proto(ProtoMessage.FromString(b)) for b in batch]
+            for reply in self.answer(messages):
+                self._push(stub, meta, reply)
+        return True
+
+    def _push(self, stub: FleetStub, meta, reply: Message) -> None:
+        try:
+            stub.push(message_to_proto(reply).SerializeToString(), metadata=meta, timeout=60)
+            self.answered += 1
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                raise
+            if exc.code() == grpc.StatusCode.UNAUTHENTICATED:  # our session was replaced: re-register
+                raise
+            log.warning("%s: reply to %s refused: %s", self.name, reply.metadata.reply_to_message_id, exc.details())
+
+    # --- answering -------------------------------------------------------------------------------
+    def _prepare(self, info: dict) -> None:
+        key = json.dumps(info["config"], sort_keys=True)
+        if key != self._config_key:  # first registration or a new experiment: build the warm handler
+            from ..config import load_config
+            from ..experiments.setup import load_client_data, make_handler
+            import torch
+
+            cfg = load_config(info["config"])
+            torch.set_num_threads(cfg.threads)
+            self.handler = make_handler(cfg, load_client_data(cfg))
+            self._config_key = key
+            self.contexts = {}
+        n = int(info["num_clients"])
+        for cid, nid in info["nodes"].items():
+            nid = int(nid)
+            if nid not in self.contexts:
+                self.contexts[nid] = Context(run_id=int(info["run_id"]), node_id=nid, state=RecordDict(), run_config={},
+                                             node_config={"partition-id": int(cid), "num-partitions": n})
+
+    def answer(self, messages: list[Message]) -> list[Message]:
+        """Replies for one batch: TRAIN messages go to the handler as one cohort."""
+        replies, train = [], []
+        for msg in messages:
+            context = self.contexts.get(msg.metadata.dst_node_id)
+            kind = msg.metadata.message_type
+            if context is None:
+                replies.append(Message(Error(code=404, reason="node not hosted here"), reply_to=msg))
+            elif kind.startswith(MessageType.TRAIN):
+                train.append(msg)
+            elif kind.startswith(MessageType.QUERY):
+                replies.append(self.handler.query(msg, context))
+            else:
+                replies.append(Message(Error(code=400, reason=f"unsupported message type '{kind}'"), reply_to=msg))
+        if train:
+            _share_arrays(train)
+            replies.extend(self.handler.train(train, [self.contexts[m.metadata.dst_node_id] for m in train]))
+        return replies
+
+
+def _share_arrays(messages: list[Message]) -> None:
+    """Messages of one round carry the same global model; let them share one record so the handler
+    decodes it once (as in-process, where they share one object)."""
+    seen: dict[str, object] = {}
+    for msg in messages:
+        record = msg.content.array_records.get(P.ARRAYS)
+        if record is None:
+            continue
+        key = record.object_id
+        if key in seen:
+            msg.content[P.ARRAYS] = seen[key]
+        else:
+            seen[key] = record

@@ -1,0 +1,191 @@
+"""TLS material and node tokens for fedsim's gRPC runtime.
+
+``fedsim certs --out DIR`` writes a self-signed CA (``ca.pem``), a server certificate signed by it
+(``server.pem``, ``server.key``; SANs 127.0.0.1, ::1, localhost plus ``--host`` names) and, with
+``--tokens N``, one token file per node (``node-<i>.token``) and the server's list (``tokens.txt``).
+
+Token list format, one node per line: ``NAME TOKEN [CLIENTS]``; ``CLIENTS`` (``0-49`` or
+``1,3,5-7``) limits which virtual clients that node may register; without it any client. Tokens are
+compared in constant time; a registration with an unknown token is refused and logged.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hmac
+import ipaddress
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+CA, SERVER_CERT, SERVER_KEY, TOKENS = "ca.pem", "server.pem", "server.key", "tokens.txt"
+LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
+
+
+def parse_clients(spec: str) -> list[int]:
+    """``"0-3,7"`` -> ``[0, 1, 2, 3, 7]`` (sorted, unique)."""
+    out: set[int] = set()
+    for part in (p.strip() for p in str(spec).split(",")):
+        if not part:
+            continue
+        lo, _, hi = part.partition("-")
+        try:
+            a, b = int(lo), int(hi or lo)
+        except ValueError:
+            raise ValueError(f"bad client list '{spec}': expected ids or ranges like 0-49,60") from None
+        if a < 0 or b < a:
+            raise ValueError(f"bad client range '{part}' in '{spec}'")
+        out.update(range(a, b + 1))
+    if not out:
+        raise ValueError(f"empty client list '{spec}'")
+    return sorted(out)
+
+
+def format_clients(ids: list[int]) -> str:
+    """Inverse of ``parse_clients`` (contiguous runs become ranges)."""
+    ids, runs = sorted(set(ids)), []
+    for i in ids:
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ",".join(f"{a}-{b}" if b > a else str(a) for a, b in runs)
+
+
+def host_of(address: str) -> str:
+    return address.rsplit(":", 1)[0].strip("[]") if ":" in address else address
+
+
+def is_loopback(address: str) -> bool:
+    host = host_of(address)
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class NodeToken:
+    name: str
+    token: str
+    clients: frozenset[int] | None  # None: any client
+
+
+class TokenBook:
+    """The server's list of node tokens."""
+
+    def __init__(self, entries: list[NodeToken]):
+        self.entries = entries
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TokenBook":
+        entries = []
+        for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+            fields = line.split("#", 1)[0].split()
+            if not fields:
+                continue
+            if len(fields) not in (2, 3):
+                raise ValueError(f"{path}:{n}: expected 'NAME TOKEN [CLIENTS]'")
+            clients = frozenset(parse_clients(fields[2])) if len(fields) == 3 else None
+            entries.append(NodeToken(fields[0], fields[1], clients))
+        if not entries:
+            raise ValueError(f"{path}: no tokens")
+        return cls(entries)
+
+    def check(self, token: str) -> NodeToken | None:
+        found = None
+        for entry in self.entries:  # no early exit: constant time in the position of the match
+            if hmac.compare_digest(entry.token.encode(), str(token).encode()):
+                found = entry
+        return found
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def write_tokens(out: str | Path, n: int, ranges: list[list[int]] | None = None) -> list[Path]:
+    """Write ``node-<i>.token`` (mode 600) and ``tokens.txt``; ``ranges[i]`` binds node i to clients."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    lines, files = [], []
+    for i in range(n):
+        token = new_token()
+        path = out / f"node-{i}.token"
+        _write_private(path, token + "\n")
+        files.append(path)
+        bound = f" {format_clients(ranges[i])}" if ranges else ""
+        lines.append(f"node-{i} {token}{bound}")
+    _write_private(out / TOKENS, "\n".join(lines) + "\n")
+    return files
+
+
+def read_token(path: str | Path) -> str:
+    token = Path(path).read_text().strip()
+    if not token:
+        raise ValueError(f"token file {path} is empty")
+    return token
+
+
+def make_certs(out: str | Path, hosts: list[str] = (), days: int = 30) -> Path:
+    """Self-signed CA + server certificate for testing (EC P-256)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedsim test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+          .not_valid_after(now + datetime.timedelta(days=days))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    names = {"localhost", *[h for h in hosts if h]}
+    sans = [x509.DNSName(h) for h in sorted(names) if not _is_ip(h)]
+    sans += [x509.IPAddress(ipaddress.ip_address(h)) for h in sorted(names | {"127.0.0.1", "::1"}) if _is_ip(h)]
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedsim server")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=days))
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .sign(ca_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    (out / CA).write_bytes(ca.public_bytes(pem))
+    (out / SERVER_CERT).write_bytes(cert.public_bytes(pem))
+    _write_private(out / SERVER_KEY, key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                                       serialization.NoEncryption()).decode())
+    return out
+
+
+def server_credentials(tls_dir: str | Path) -> grpc.ServerCredentials:
+    d = Path(tls_dir)
+    return grpc.ssl_server_credentials([((d / SERVER_KEY).read_bytes(), (d / SERVER_CERT).read_bytes())])
+
+
+def channel_credentials(tls_dir: str | Path) -> grpc.ChannelCredentials:
+    return grpc.ssl_channel_credentials(root_certificates=(Path(tls_dir) / CA).read_bytes())
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)

@@ -1,0 +1,83 @@
+"""``fedsim server``: one federation served over gRPC.
+
+Runs the same round loop, strategies and outputs as ``fedsim run`` (``run_single``) on a
+``GrpcGrid``: waits until every virtual client is registered, runs the rounds, checkpoints the global
+model, strategy state and grid state atomically (``checkpoint.pt``), then tells the nodes the run is
+over and stops the service.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import ConfigError, ExperimentConfig
+from .grpc_grid import GrpcGrid
+from .grpc_service import DEFAULT_MAX_MESSAGE_MB, serve
+from .security import TokenBook, is_loopback, server_credentials
+
+log = logging.getLogger("fedsim.grpc")
+
+
+@dataclass
+class ServerOptions:
+    address: str = "127.0.0.1:0"
+    tls_dir: str | None = None
+    token_file: str | None = None
+    insecure: bool = False          # plaintext, no tokens: only on a loopback address
+    round_timeout: float = 120.0    # wall seconds a round waits for missing answers
+    wait_nodes: float = 300.0       # wall seconds to wait for every client to register
+    arrival: str = "virtual"
+    max_message_mb: float = DEFAULT_MAX_MESSAGE_MB
+
+
+def check_options(opts: ServerOptions) -> None:
+    if opts.insecure:
+        if not is_loopback(opts.address):
+            raise ConfigError(f"--insecure is only allowed on a loopback address, not {opts.address}; "
+                              "use --tls-dir (see `fedsim certs`)")
+        return
+    if not opts.tls_dir or not opts.token_file:
+        raise ConfigError("the gRPC server needs --tls-dir and --token-file (or --insecure on 127.0.0.1 for tests)")
+    for name in ("server.pem", "server.key"):
+        if not (Path(opts.tls_dir) / name).is_file():
+            raise ConfigError(f"--tls-dir {opts.tls_dir} has no {name} (create one with `fedsim certs`)")
+
+
+def make_grid(cfg: ExperimentConfig, opts: ServerOptions) -> GrpcGrid:
+    tokens = TokenBook.load(opts.token_file) if opts.token_file else None
+    return GrpcGrid(cfg.data.num_clients, seed=cfg.seed, config=cfg.to_dict(), tokens=tokens, arrival=opts.arrival,
+                    round_timeout=opts.round_timeout)
+
+
+def run_server(cfg: ExperimentConfig, out: str | Path, opts: ServerOptions, *, resume: bool = False,
+               progress: bool = True, on_listen=None, grid: GrpcGrid | None = None) -> dict:
+    """Serve one run to completion; ``on_listen(port)`` is called once the port is bound."""
+    from ..experiments.run import run_single
+
+    check_options(opts)
+    grid = grid or make_grid(cfg, opts)
+    creds = None if opts.insecure else server_credentials(opts.tls_dir)
+    server, port = serve(grid, opts.address, creds, max_message_bytes=int(opts.max_message_mb * 2**20))
+    try:
+        if on_listen is not None:
+            on_listen(port)
+        if not grid.wait_for_nodes(opts.wait_nodes):
+            missing = cfg.data.num_clients - len(list(grid.get_node_ids()))
+            raise TimeoutError(f"{missing} of {cfg.data.num_clients} clients did not register "
+                               f"within {opts.wait_nodes:.0f} s")
+        summary = run_single(cfg, out, resume=resume, progress=progress, grid=grid)
+        grid.close()  # only a finished run dismisses the nodes; after a crash they wait for --resume
+        _drain(grid, seconds=min(3.0, opts.round_timeout))
+        return summary
+    finally:
+        server.stop(grace=1.0).wait(5)
+
+
+def _drain(grid: GrpcGrid, seconds: float) -> None:
+    """Give polling nodes a moment to hear that the run is over."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and grid.polling_sessions():
+        time.sleep(0.05)

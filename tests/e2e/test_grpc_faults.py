@@ -1,0 +1,187 @@
+"""gRPC runtime faults on 127.0.0.1: malformed answers, a node dying mid-round, a server crash + --resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord, Error, Message
+
+from fedsim.config import load_config
+from fedsim.experiments.run import run_single
+from fedsim.experiments.setup import load_client_data, make_handler
+from fedsim.runtime.inprocess import InProcessGrid
+from fedsim.runtime import protocol as P
+from fedsim.runtime.node import Node
+
+from conftest import tiny_config
+from grpc_harness import NodeThread, ServerThread, split
+
+
+def _rows(path):
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+class RogueNode(Node):
+    """Corrupts the answers of clients 0-3: NaN, float64, wrong shape, oversized."""
+
+    def answer(self, messages):
+        replies = super().answer(messages)
+        for reply in replies:
+            if reply.has_error() or P.UPDATE not in reply.content.array_records:
+                continue
+            cid = int(reply.content[P.METRICS]["partition-id"])
+            update = reply.content[P.UPDATE][P.UPDATE].numpy().copy()
+            bad = {0: np.full_like(update, np.nan), 1: update.astype(np.float64), 2: update[:-1],
+                   3: np.zeros(20_000, dtype=np.float32)}.get(cid)
+            if bad is not None:
+                reply.content[P.UPDATE] = ArrayRecord(array_dict={P.UPDATE: Array(bad)})
+        return replies
+
+
+def test_malformed_answers_are_rejected_counted_and_never_aggregated(tmp_path):
+    raw = tiny_config(rounds=4, eval_every=1, **{"participation.clients_per_round": 8})
+    server = ServerThread(raw, tmp_path / "g", max_message_mb=0.02, round_timeout=20)
+    nodes = [NodeThread(server.address, range(0, 4), node_cls=RogueNode), NodeThread(server.address, range(4, 8))]
+    summary = server.result(60)
+    assert [n.join(20) for n in nodes] == [0, 0]
+    rows = _rows(tmp_path / "g" / "metrics.jsonl")
+    assert [r["server/rejected"] for r in rows] == [4] * 4   # every round: NaN, dtype, shape, oversized
+    assert [r["participants"] for r in rows] == [4] * 4
+    assert summary["transport"]["oversized"] == 4
+    # The run equals an in-process one in which clients 0-3 answer with errors: nothing of theirs got in.
+    cfg = load_config(raw)
+    data = load_client_data(cfg)
+    grid = InProcessGrid(ErrorsFor(make_handler(cfg, data), {0, 1, 2, 3}), 8, seed=cfg.seed)
+    run_single(cfg, tmp_path / "ref", progress=False, grid=grid)
+    assert rows == _rows(tmp_path / "ref" / "metrics.jsonl")
+
+
+class ErrorsFor:
+    """In-process handler whose clients in ``bad`` answer every TRAIN message with an error."""
+
+    def __init__(self, handler, bad):
+        self.handler, self.bad = handler, bad
+
+    def query(self, msg, context):
+        return self.handler.query(msg, context)
+
+    def train(self, messages, contexts):
+        replies = self.handler.train(messages, contexts)
+        return [Message(Error(code=400, reason="bad"), reply_to=m) if int(c.node_config["partition-id"]) in self.bad
+                else r for m, c, r in zip(messages, contexts, replies)]
+
+
+class DyingNode(Node):
+    """Stops for good (no answer, no more polls) when it receives work for round ``die_at``."""
+
+    die_at = 2
+
+    def answer(self, messages):
+        rounds = {int(m.content[P.CONFIG]["server-round"]) for m in messages if P.CONFIG in m.content.config_records}
+        if self.die_at in rounds:
+            self.stop()
+            return []
+        return super().answer(messages)
+
+
+def test_node_dying_mid_round_times_out_and_a_new_node_takes_over(tmp_path):
+    raw = tiny_config(rounds=4, eval_every=1, **{"participation.clients_per_round": 8})
+    server = ServerThread(raw, tmp_path / "g", round_timeout=2.0)
+    dying = NodeThread(server.address, range(0, 4), node_cls=DyingNode)
+    healthy = NodeThread(server.address, range(4, 8))
+    assert dying.join(30) == 0  # it stopped itself in round 2
+    metrics, deadline = tmp_path / "g" / "metrics.jsonl", time.monotonic() + 30
+    while time.monotonic() < deadline and not (metrics.exists() and len(_rows(metrics)) >= 2):
+        time.sleep(0.05)  # round 2 ends by its timeout, with the healthy node's answers only
+    replacement = NodeThread(server.address, range(0, 4))  # reconnects the same clients
+    summary = server.result(60)
+    assert healthy.join(20) == 0 and replacement.join(20) == 0
+    rows = _rows(tmp_path / "g" / "metrics.jsonl")
+    assert [r["participants"] for r in rows] == [8, 4, 8, 8]
+    assert summary["transport"]["timeouts"] >= 1
+
+
+def test_a_node_that_reconnects_mid_round_gets_its_work_again(tmp_path):
+    raw = tiny_config(rounds=3, eval_every=1, **{"participation.clients_per_round": 8})
+    server = ServerThread(raw, tmp_path / "g", round_timeout=30.0)
+    dying = NodeThread(server.address, range(0, 4), node_cls=DyingNode)
+    healthy = NodeThread(server.address, range(4, 8))
+    assert dying.join(30) == 0
+    replacement = NodeThread(server.address, range(0, 4))  # before the timeout: round 2 is redelivered
+    summary = server.result(60)
+    assert healthy.join(20) == 0 and replacement.join(20) == 0
+    assert [r["participants"] for r in _rows(tmp_path / "g" / "metrics.jsonl")] == [8, 8, 8]
+    assert summary["transport"].get("timeouts", 0) == 0
+
+
+@pytest.mark.parametrize("name, participation", [
+    ("fedavg", {"name": "uniform", "clients_per_round": 4}),
+    ("afa-cd", {"name": "anarchic", "p": 0.7, "max_steps": 5, "speed_spread": 1.0}),  # requests in flight
+])
+def test_server_crash_and_resume_equals_uninterrupted(tmp_path, monkeypatch, name, participation):
+    raw = tiny_config(rounds=6, eval_every=1, checkpoint_every=2, participation=participation,
+                      **{"strategy.name": name, "strategy.m": 2})
+    run_single(load_config(raw), tmp_path / "straight", progress=False)
+
+    import fedsim.experiments.run as run_mod
+    original = run_mod.run_rounds
+
+    def crashing(*args, on_round, **kw):  # the server dies right after round 5 (checkpoint at 4)
+        def wrapped(res, arrays):
+            on_round(res, arrays)
+            if res.round == 5:
+                raise KeyboardInterrupt
+        return original(*args, on_round=wrapped, **kw)
+
+    monkeypatch.setattr(run_mod, "run_rounds", crashing)
+    first = ServerThread(raw, tmp_path / "g")
+    nodes = [NodeThread(first.address, r, max_wait=30) for r in split(8, 2)]
+    with pytest.raises(KeyboardInterrupt):
+        first.result(60)
+    monkeypatch.setattr(run_mod, "run_rounds", original)
+    # Same port; the nodes are still running and reconnect by themselves.
+    second = ServerThread(raw, tmp_path / "g", resume=True, address=first.address)
+    second.result(60)
+    assert [n.join(30) for n in nodes] == [0, 0]
+    assert _rows(tmp_path / "g" / "metrics.jsonl") == _rows(tmp_path / "straight" / "metrics.jsonl")
+
+
+@pytest.mark.slow
+def test_killed_client_process_round_completes_and_node_reconnects(tmp_path, request):
+    """Real processes: SIGKILL one `fedsim client` mid-run; the round times out, a restarted one continues."""
+    if "slow" not in (request.config.getoption("-m") or ""):
+        pytest.skip("slow (~20 s of process start-ups on 2 cores): run with -m slow")
+    raw = tiny_config(rounds=6, eval_every=1, **{"participation.clients_per_round": 8})
+    server = ServerThread(raw, tmp_path / "g", round_timeout=3.0, wait_nodes=120)
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+
+    def client(clients):
+        return subprocess.Popen([sys.executable, "-m", "fedsim", "client", "--server", server.address, "--clients",
+                                 clients, "--insecure", "--max-wait", "30"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    procs = [client("0-3"), client("4-7")]
+    try:
+        deadline = time.monotonic() + 120
+        metrics = tmp_path / "g" / "metrics.jsonl"
+        while time.monotonic() < deadline and not (metrics.exists() and len(_rows(metrics)) >= 1):
+            time.sleep(0.05)
+        os.kill(procs[0].pid, signal.SIGKILL)  # our own child, by PID
+        procs[0].wait(10)
+        procs.append(client("0-3"))
+        summary = server.result(180)
+        assert [p.wait(30) for p in procs[1:]] == [0, 0]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+    rows = _rows(tmp_path / "g" / "metrics.jsonl")
+    assert len(rows) == 6 and min(r["participants"] for r in rows) < 8 and rows[-1]["participants"] == 8
+    assert summary["transport"]["timeouts"] >= 1
