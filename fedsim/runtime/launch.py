@@ -2,8 +2,8 @@
 
 Per run (or per arm of a comparison preset, one after another): generate a test CA, server
 certificate and one token per node bound to its client range (unless ``--insecure``), start
-``fedsim server`` on a free port (it prints the port), start ``fedsim client`` processes on
-contiguous client ranges, forward the server's output, and wait. Outputs are ``fedsim run``'s
+``fedsim server`` on a free port and, at the same time, ``fedsim client`` processes on contiguous
+client ranges (they retry until the server listens), forward the server's output, and wait. Outputs are ``fedsim run``'s
 (``metrics.jsonl``, ``summary.json``, ``curves.png``, ``checkpoint.pt``; plus ``comparison.*`` for
 arms); node logs go to ``OUT/.launch/node-<i>.log``. On exit, error or Ctrl-C every child still
 running is terminated by its PID (SIGTERM, then SIGKILL after a grace period).
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
+import socket
 import subprocess
 import sys
 import threading
@@ -22,7 +22,6 @@ from pathlib import Path
 
 from ..config import ConfigError, arm_configs, load_config
 
-LISTEN = re.compile(r"fedsim server listening on ([\w.:\[\]-]+):(\d+)")
 
 
 def contiguous(num_clients: int, parts: int) -> list[list[int]]:
@@ -70,7 +69,8 @@ def _launch_one(config, overrides, arm, num_clients, processes, out: Path, insec
     work = out / ".launch"
     work.mkdir(parents=True, exist_ok=True)
     fedsim = [sys.executable, "-m", "fedsim"]
-    server_cmd = [*fedsim, "server", config, "--address", "127.0.0.1:0", "--out", str(out),
+    port = _free_port()
+    server_cmd = [*fedsim, "server", config, "--address", f"127.0.0.1:{port}", "--out", str(out),
                   "--round-timeout", str(round_timeout), *[a for s in overrides for a in ("--set", s)]]
     if arm:
         server_cmd += ["--arm", arm]
@@ -89,8 +89,8 @@ def _launch_one(config, overrides, arm, num_clients, processes, out: Path, insec
     try:
         server = subprocess.Popen(server_cmd, stdout=subprocess.PIPE, text=True, bufsize=1)
         children.append(server)
-        port = _await_port(server, echo, timeout=120)
-        for i, (clients, sec) in enumerate(zip(ranges, secure)):
+        _forward(server, echo)
+        for i, (clients, sec) in enumerate(zip(ranges, secure)):  # they retry until the server is up
             log = open(work / f"node-{i}.log", "w")  # noqa: SIM115 - closed in finally
             logs.append(log)
             cmd = [*fedsim, "client", "--server", f"127.0.0.1:{port}", "--clients", f"{clients[0]}-{clients[-1]}",
@@ -101,33 +101,25 @@ def _launch_one(config, overrides, arm, num_clients, processes, out: Path, insec
     except KeyboardInterrupt:
         echo("fedsim launch: interrupted; stopping the server and clients")
         return 130
-    except RuntimeError as exc:  # the server never came up
-        echo(f"fedsim launch: {exc}")
-        return 1
     finally:
         _terminate(children)
         for log in logs:
             log.close()
 
 
-def _await_port(server: subprocess.Popen, echo, timeout: float) -> int:
-    """Read the server's stdout until it names its port; then keep forwarding it in a thread."""
-    found: list[int] = []
-    ready = threading.Event()
+def _free_port() -> int:
+    """A port free on 127.0.0.1 right now (the server binds it a moment later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
+
+def _forward(server: subprocess.Popen, echo) -> None:
+    """Echo the server's stdout from a thread."""
     def pump():
         for line in server.stdout:
-            m = LISTEN.search(line)
-            if m and not found:
-                found.append(int(m.group(2)))
-                ready.set()
             echo(line.rstrip("\n"))
-        ready.set()
-
     threading.Thread(target=pump, daemon=True).start()
-    if not ready.wait(timeout) or not found:
-        raise RuntimeError(f"the server did not start listening within {timeout:.0f} s (exit code {server.poll()})")
-    return found[0]
 
 
 def _wait(server: subprocess.Popen, clients: list[subprocess.Popen], echo) -> int:

@@ -72,7 +72,7 @@ class Node:
                     return 1
                 log.info("%s: server unavailable (%s); retrying in %.1f s", self.name, exc.code(), backoff)
                 self.stop_event.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
+                backoff = min(backoff * 2, 2.0)
             finally:
                 channel.close()
         return 0

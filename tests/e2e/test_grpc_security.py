@@ -149,3 +149,17 @@ def test_a_replaced_session_is_told_so(fleet, certs):
         assert err.value.code() == grpc.StatusCode.ABORTED
         header, *_ = list(stub.pull(b'{"wait": 0}', metadata=((SESSION_KEY, new),), timeout=10))
         assert json.loads(header) == {"done": False}
+
+
+def test_cli_refuses_plaintext_off_loopback_and_a_server_without_tls(tmp_path, capsys):
+    from fedsim.cli import main
+
+    assert main(["server", "digits-smoke", "--address", "0.0.0.0:0", "--insecure"]) == 2
+    assert "only allowed on a loopback address" in capsys.readouterr().err
+    assert main(["server", "digits-smoke", "--address", "127.0.0.1:0"]) == 2
+    assert "needs --tls-dir and --token-file" in capsys.readouterr().err
+    assert main(["client", "--server", "10.1.2.3:9400", "--clients", "0-3", "--insecure"]) == 2
+    assert main(["certs", "--out", str(tmp_path), "--tokens", "2", "--num-clients", "10"]) == 0
+    lines = (tmp_path / "tokens.txt").read_text().split("\n")
+    assert lines[0].endswith(" 0-4") and lines[1].endswith(" 5-9")
+    assert {"ca.pem", "server.pem", "server.key", "node-0.token", "node-1.token"} <= {p.name for p in tmp_path.iterdir()}
