@@ -53,8 +53,15 @@ def test_single_cell_from_a_toml_with_overrides(tmp_path):
     (row,) = json.loads((out / "results.json").read_text())["rows"]
     assert row["attack"] == "idlg" and row["batch_size"] == 2 and row["defense_name"] == "dp"
     assert row["epsilon"] > 0 and row["labels"] == "counts"
-    bad = fedsim("attack", str(path), "--set", "defense.nois=1", "--out", str(out))
-    assert bad.returncode == 2 and "defense.nois" in bad.stderr
+
+
+def test_bad_key_exits_2_naming_the_key(tmp_path, capsys):
+    from fedsim.cli import main
+
+    path = tmp_path / "my-attack.toml"
+    path.write_text('[attack]\nname = "idlg"\n')
+    assert main(["attack", str(path), "--set", "defense.nois=1", "--out", str(tmp_path / "x")]) == 2
+    assert "defense.nois" in capsys.readouterr().err
 
 
 def test_attack_evaluation_is_seeded_and_reproducible():
