@@ -55,6 +55,7 @@ class _Request:
     seq: int         # push order (ties in ``due`` keep it)
     data: bytes      # the serialized Flower message
     owner: str | None = None  # session it was delivered to (None: still in the outbox)
+    overdue: bool = False     # missed a round's timeout: no longer holds up later waits
 
 
 @dataclass
@@ -158,7 +159,8 @@ class GrpcGrid(Grid):
                 self._cond.wait(min(left, 1.0))
 
     def _ready(self, wanted: list[str], need: int) -> list[str] | None:
-        alive = sorted((m for m in wanted if m in self._requests), key=self._order)
+        alive = sorted((m for m in wanted if m in self._requests and (not self._requests[m].overdue
+                                                                     or m in self._replies)), key=self._order)
         if self.arrival == "wall":
             got = [m for m in alive if m in self._replies]
             return got if len(got) >= min(need, len(alive)) else None
@@ -177,6 +179,9 @@ class GrpcGrid(Grid):
             on_time = [m for m in got if self._requests[m].due <= horizon]
             got = on_time + [m for m in got if m not in on_time][:max(0, need - len(on_time))]
             self.now = max([horizon] + [self._requests[m].due for m in got])
+        for mid in wanted:  # answers still missing stop holding up later rounds (accepted if they come)
+            if mid in self._requests and mid not in self._replies:
+                self._requests[mid].overdue = True
         log.warning("waited %.1f s: %d of %d answers needed are in; going on without the rest",
                     self.round_timeout, len(got), need)
         self.stats["timeouts"] += 1

@@ -120,6 +120,19 @@ def test_a_node_that_reconnects_mid_round_gets_its_work_again(tmp_path):
     assert summary["transport"].get("timeouts", 0) == 0
 
 
+def test_asynchronous_run_waits_for_a_dead_node_once(tmp_path):
+    """AFA-CD: work sent to a node that died stays in flight but holds up only one round."""
+    raw = tiny_config(rounds=5, eval_every=1, participation={"name": "anarchic", "p": 0.9, "max_steps": 3},
+                      **{"strategy.name": "afa-cd", "strategy.m": 2})
+    server = ServerThread(raw, tmp_path / "g", round_timeout=1.5)
+    dying = NodeThread(server.address, range(0, 4), node_cls=DyingNode)
+    healthy = NodeThread(server.address, range(4, 8))
+    summary = server.result(60)
+    assert dying.join(10) == 0 and healthy.join(20) == 0
+    assert len(_rows(tmp_path / "g" / "metrics.jsonl")) == 5
+    assert 1 <= summary["transport"]["timeouts"] <= 2
+
+
 @pytest.mark.parametrize("name, participation", [
     ("fedavg", {"name": "uniform", "clients_per_round": 4}),
     ("afa-cd", {"name": "anarchic", "p": 0.7, "max_steps": 5, "speed_spread": 1.0}),  # requests in flight
