@@ -102,7 +102,8 @@ class ExperimentConfig:
         return dataclasses.asdict(self)
 
 
-def _build(cls, raw: dict, path: str):
+def build_dataclass(cls, raw: dict, path: str = ""):
+    """A frozen config dataclass from a raw TOML table; unknown keys and wrong types name the key."""
     if not isinstance(raw, dict):
         raise ConfigError(f"config section '{path or 'top level'}' must be a table, got {type(raw).__name__}")
     hints = typing.get_type_hints(cls)
@@ -116,13 +117,17 @@ def _build(cls, raw: dict, path: str):
         key = f"{path}.{name}" if path else name
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
-            values[name] = _build(hint, value, key)
+            values[name] = build_dataclass(hint, value, key)
         else:
             values[name] = _coerce(value, hint, key)
     return cls(**values)
 
 
 def _coerce(value, hint, key: str):
+    if hint is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}' must be an array, got {value!r}")
+        return list(value)
     if hint is bool or hint is str or hint is dict:
         if not isinstance(value, hint):
             raise ConfigError(f"config key '{key}' must be a {hint.__name__}, got {value!r}")
@@ -209,15 +214,15 @@ def load_config(source: str | dict, overrides: list[str] | tuple[str, ...] = ())
         for assignment in overrides:
             apply_override(arm_raw, assignment)
         try:
-            validate(_build(ExperimentConfig, arm_raw, ""))
+            validate(build_dataclass(ExperimentConfig, arm_raw, ""))
         except ConfigError as exc:
             raise ConfigError(f"arms.{arm}: {exc}") from None
         resolved[arm] = arm_raw
     if chosen and resolved:
-        return _build(ExperimentConfig, next(iter(resolved.values())), "")
+        return build_dataclass(ExperimentConfig, next(iter(resolved.values())), "")
     for assignment in overrides:
         apply_override(raw, assignment)
-    cfg = _build(ExperimentConfig, raw, "")
+    cfg = build_dataclass(ExperimentConfig, raw, "")
     validate(cfg)
     return dataclasses.replace(cfg, arms=resolved)
 
@@ -226,7 +231,7 @@ def arm_configs(cfg: ExperimentConfig) -> dict[str, ExperimentConfig]:
     """The runs a config stands for: one per arm, or the config itself (named by its strategy)."""
     if not cfg.arms:
         return {cfg.strategy.name: cfg}
-    return {arm: _build(ExperimentConfig, full, "") for arm, full in cfg.arms.items()}
+    return {arm: build_dataclass(ExperimentConfig, full, "") for arm, full in cfg.arms.items()}
 
 
 def validate(cfg: ExperimentConfig) -> None:

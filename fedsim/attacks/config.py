@@ -12,12 +12,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import tomllib
-import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from ..config import ConfigError, apply_override
+from ..config import ConfigError, apply_override, build_dataclass
 from .defenses import DEFENSES, DefenseConfig
 from .dlg import DLGConfig
 from .inverting import IGConfig, SMEConfig
@@ -124,48 +123,11 @@ class AttackRunConfig:
         if not self.grid.defenses:
             return [self.defense]
         base = dataclasses.asdict(self.defense)
-        return [_build(DefenseConfig, {**base, **entry}, f"grid.defenses[{i}]")
+        return [build_dataclass(DefenseConfig, {**base, **entry}, f"grid.defenses[{i}]")
                 for i, entry in enumerate(self.grid.defenses)]
 
     def model_for(self, attack: str) -> str:
         return self.model.name or self.attack.family(attack).model
-
-
-def _build(cls, raw, path: str):
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config section '{path or 'top level'}' must be a table, got {type(raw).__name__}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        where = f"{path}." if path else ""
-        raise ConfigError(f"unknown config key '{where}{unknown[0]}' (known keys: {', '.join(sorted(known))})")
-    values = {}
-    for name, value in raw.items():
-        key = f"{path}.{name}" if path else name
-        hint = hints[name]
-        values[name] = _build(hint, value, key) if dataclasses.is_dataclass(hint) else _coerce(value, hint, key)
-    return cls(**values)
-
-
-def _coerce(value, hint, key: str):
-    if hint is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"config key '{key}' must be an array, got {value!r}")
-        return list(value)
-    if hint is bool or hint is str:
-        if not isinstance(value, hint):
-            raise ConfigError(f"config key '{key}' must be a {hint.__name__}, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
-        return float(value)
-    raise ConfigError(f"config key '{key}' has an unsupported type")  # pragma: no cover
 
 
 def _presets_dir():
@@ -199,7 +161,7 @@ def load_attack_config(source: str | dict, overrides: list[str] | tuple[str, ...
     raw = copy.deepcopy(source) if isinstance(source, dict) else _read_raw(source)
     for assignment in overrides:
         apply_override(raw, assignment)
-    cfg = _build(AttackRunConfig, raw, "")
+    cfg = build_dataclass(AttackRunConfig, raw, "")
     validate(cfg)
     return cfg
 

@@ -45,13 +45,7 @@ class IGConfig:
 
 
 @dataclass(frozen=True)
-class SMEConfig:
-    model: str = "cnn"
-    steps: int = 300
-    lr: float = 0.1
-    tv: float = 1e-2
-    restarts: int = 1
-    signed: bool = True
+class SMEConfig(IGConfig):
     alpha_init: float = 0.5
     alpha_lr: float = 1e-3
     learn_alpha: bool = True   # false with alpha_init = 0: the IG-on-update baseline
