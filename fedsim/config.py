@@ -43,6 +43,7 @@ class ClientConfig:
     lr: float = 0.05
     batch_size: int = 32
     local_steps: int = 5
+    trainer: str = "auto"  # auto | sequential | vectorized (torch.func over the cohort)
 
 
 @dataclass(frozen=True)
@@ -261,6 +262,8 @@ def validate(cfg: ExperimentConfig) -> None:
     need(cfg.client.lr > 0, "client.lr", "must be > 0")
     need(cfg.client.batch_size >= 1, "client.batch_size", "must be >= 1")
     need(cfg.client.local_steps >= 1, "client.local_steps", "must be >= 1")
+    need(cfg.client.trainer in ("auto", "sequential", "vectorized"), "client.trainer",
+         f"must be auto, sequential or vectorized; got '{cfg.client.trainer}'")
     need(cfg.strategy.name in STRATEGIES, "strategy.name",
          f"must be one of {', '.join(STRATEGIES)}; got '{cfg.strategy.name}'")
     need(cfg.strategy.server_lr > 0, "strategy.server_lr", "must be > 0")

@@ -51,7 +51,7 @@ def make_model(cfg: ExperimentConfig, ds: Dataset) -> torch.nn.Module:
 
 
 def make_handler(cfg: ExperimentConfig, data: ClientData) -> ClientHandler:
-    return ClientHandler(make_model(cfg, data.dataset), data.dataset.train, data.parts)
+    return ClientHandler(make_model(cfg, data.dataset), data.dataset.train, data.parts, trainer=cfg.client.trainer)
 
 
 def make_strategy(cfg: ExperimentConfig, data: ClientData) -> FedsimStrategy:

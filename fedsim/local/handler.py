@@ -20,7 +20,8 @@ from ..core import afa
 from ..core.params import ParamSpec
 from ..runtime import protocol as P
 from .example_dp import ExampleDP, private_copy, train_cohort_dp
-from .reference import Job, job_seed, train_cohort
+from .reference import Job, job_seed
+from .vectorized import TRAINERS, train
 from .uplink import Uplink, UplinkSpec
 
 BAD_REQUEST = 400
@@ -37,8 +38,11 @@ def partition_id(context: Context) -> int:
 class ClientHandler:
     """Hosts the data of many virtual clients and trains any subset of them on request."""
 
-    def __init__(self, model: torch.nn.Module, train_split, parts: Sequence[np.ndarray]):
+    def __init__(self, model: torch.nn.Module, train_split, parts: Sequence[np.ndarray], trainer: str = "auto"):
+        if trainer not in TRAINERS:
+            raise ValueError(f"client.trainer must be one of {TRAINERS}, got '{trainer}'")
         self.model = model
+        self.trainer = trainer
         self.spec = ParamSpec.of(model)
         self.data = train_split
         self.parts = [torch.as_tensor(p, dtype=torch.int64) for p in parts]
@@ -99,7 +103,7 @@ class ClientHandler:
                 deltas, losses = train_cohort_dp(self._private_model(), self.spec, global_params, jobs, self.data,
                                                  ExampleDP(*dp_key))
             else:
-                deltas, losses = train_cohort(self.model, self.spec, global_params, jobs, self.data)
+                deltas, losses = train(self.model, self.spec, global_params, jobs, self.data, self.trainer)
             for k, i in enumerate(ok):
                 replies[i] = self._reply(messages[i], jobs[k], deltas[k], float(losses[k]))
         return replies  # type: ignore[return-value]
