@@ -27,14 +27,13 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from flwr.app import Error, Message, MessageType, RecordDict
+from flwr.app import Error, Message, MessageType
 from flwr.common.serde import message_from_proto, message_to_proto
 from flwr.proto.message_pb2 import Message as ProtoMessage  # pylint: disable=no-name-in-module
-from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
 from . import protocol as P
-from .inprocess import client_node_ids, set_task_identity
+from .inprocess import RunGrid, client_node_ids, set_task_identity
 from .security import TokenBook
 
 log = logging.getLogger("fedsim.grpc")
@@ -66,7 +65,7 @@ class _Session:
     told_done: bool = False
 
 
-class GrpcGrid(Grid):
+class GrpcGrid(RunGrid):
     def __init__(self, num_clients: int, *, seed: int = 0, run_id: int = 1, config: dict | None = None,
                  tokens: TokenBook | None = None, arrival: str = "virtual", round_timeout: float = 120.0):
         if arrival not in ("virtual", "wall"):
@@ -93,17 +92,6 @@ class GrpcGrid(Grid):
         set_task_identity(run_id)
 
     # --- Flower Grid API -------------------------------------------------------------------------
-    def set_run(self, run: Run) -> None:
-        self._run = run
-
-    @property
-    def run(self) -> Run:
-        return self._run
-
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
-                       ttl: float | None = None) -> Message:
-        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
-
     def get_node_ids(self) -> Iterable[int]:
         with self._cond:
             return sorted(self._owner, key=self.client_of.__getitem__)

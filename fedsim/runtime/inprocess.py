@@ -54,7 +54,24 @@ def client_node_ids(num_clients: int, seed: int) -> list[int]:
     return [int(i) for i in rng.choice(np.iinfo(np.int64).max - 2, size=num_clients, replace=False) + 2]
 
 
-class InProcessGrid(Grid):
+class RunGrid(Grid):
+    """The run bookkeeping and message factory every fedsim Grid shares (set ``self._run`` in __init__)."""
+
+    _run: Run
+
+    def set_run(self, run: Run) -> None:
+        self._run = run
+
+    @property
+    def run(self) -> Run:
+        return self._run
+
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
+                       ttl: float | None = None) -> Message:
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+
+class InProcessGrid(RunGrid):
     def __init__(self, handler, num_clients: int, *, seed: int = 0, run_id: int = 1, run_config: dict | None = None):
         self.node_ids = client_node_ids(num_clients, seed)
         self.contexts = {
@@ -70,17 +87,6 @@ class InProcessGrid(Grid):
         set_task_identity(run_id)
 
     # --- Flower Grid API -------------------------------------------------------------------------
-    def set_run(self, run: Run) -> None:
-        self._run = run
-
-    @property
-    def run(self) -> Run:
-        return self._run
-
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
-                       ttl: float | None = None) -> Message:
-        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
-
     def get_node_ids(self) -> Iterable[int]:
         return list(self.node_ids)
 

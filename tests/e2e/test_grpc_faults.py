@@ -9,7 +9,6 @@ import time
 
 import numpy as np
 import pytest
-import torch
 from flwr.app import Array, ArrayRecord, Error, Message
 
 from fedsim.config import load_config

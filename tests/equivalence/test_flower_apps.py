@@ -3,7 +3,7 @@
 import json
 
 import torch
-from flwr.app import ArrayRecord, Context, RecordDict
+from flwr.app import Context, RecordDict
 
 from clients.client_app import app as client_app
 from fedsim.config import load_config

@@ -9,7 +9,7 @@ from fedsim.privacy import (C_from_gram, Factorization, ParticipationSchema, pla
                             prefix_sum, workload)
 from fedsim.privacy.blt import blt_coefs, blt_sensitivity_squared
 from fedsim.privacy.dense import fixed_point, optimize_gram, pattern_mask
-from fedsim.privacy.toeplitz import sqrt_coefs, toeplitz_matrix
+from fedsim.privacy.toeplitz import sqrt_coefs
 from fedsim.privacy.tree import tree_estimator, tree_matrix
 from fedsim.privacy.workloads import lr_schedule, momentum_matrix
 
