@@ -4,6 +4,7 @@
     fedsim run PRESET_OR_TOML [--set key=value ...] [--out DIR] [--resume] [--quiet]
     fedsim repro ef21 --dataset phishing --method ef21,ef14 [--step-multiplier 8] [--json]
     fedsim launch | server | client | certs   (the gRPC runtime, see fedsim/runtime/commands.py)
+    fedsim bench runtime [--rounds N] [--skip-flower] [--json]   (see fedsim/bench/)
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_privacy_parser(sub)
     from .attacks.cli import add_parser as add_attack_parser
     add_attack_parser(sub)
+    from .bench import add_parser as add_bench_parser
+    add_bench_parser(sub)
     return p
 
 

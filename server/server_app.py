@@ -16,4 +16,4 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = config_from_run_config(context.run_config)
-    run_single(cfg, str(context.run_config.get("out", f"runs/{cfg.name}-flower")), grid=grid, progress=False)
+    run_single(cfg, str(context.run_config.get("out") or f"runs/{cfg.name}-flower"), grid=grid, progress=False)

@@ -1,7 +1,8 @@
 """``fedsim run``: one federation (or every arm of a comparison preset) in this process.
 
 Outputs per run, in ``out``: ``metrics.jsonl`` (one object per round, flushed as it is written),
-``summary.json``, ``curves.png`` and ``checkpoint.pt`` (written atomically every
+``summary.json``, ``curves.png``, ``timing.jsonl`` (wall-clock time of each round's end, kept apart
+so that ``metrics.jsonl`` stays byte-identical across runtimes) and ``checkpoint.pt`` (written atomically every
 ``checkpoint_every`` rounds and at the end; ``resume=True`` continues from it and gives the same
 result as an uninterrupted run). A comparison writes each arm to ``out/<arm>/`` plus
 ``comparison.md``, ``comparison.json`` and one figure with all arms.
@@ -77,15 +78,17 @@ def run_single(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, 
     except ValueError as exc:  # e.g. compression.k larger than the model
         raise ConfigError(str(exc)) from None
 
-    metrics_path, ckpt_path = out / "metrics.jsonl", out / "checkpoint.pt"
+    metrics_path, ckpt_path, timing_path = out / "metrics.jsonl", out / "checkpoint.pt", out / "timing.jsonl"
     first, pending = 1, set()
     if resume and ckpt_path.exists():
         first, arrays, pending = _restore(ckpt_path, cfg, strategy, grid, metrics_path)
     elif metrics_path.exists():
         metrics_path.unlink()
+    if not resume and timing_path.exists():
+        timing_path.unlink()
     bar = Progress(cfg.rounds, label or cfg.name, enabled=progress)
 
-    with metrics_path.open("a") as sink:
+    with metrics_path.open("a") as sink, timing_path.open("a") as timing:
         def on_round(res: RoundResult, new_arrays: ArrayRecord) -> bool:
             last = res.round == cfg.rounds or 0 < cfg.max_virtual_time <= res.virtual_time
             row = {"round": res.round, "accuracy": None, "loss": None, "virtual_time": res.virtual_time,
@@ -98,6 +101,9 @@ def run_single(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, 
                 row.update(epsilon=row["dp/epsilon"], delta=row["dp/delta"], mechanism=strategy.mechanism)
             sink.write(json.dumps(row) + "\n")
             sink.flush()
+            timing.write(json.dumps({"round": res.round, "wall_time": time.time(),
+                                     "elapsed": round(time.monotonic() - t_start, 6)}) + "\n")
+            timing.flush()
             bar.update(res.round, row["accuracy"], first)
             if last or (cfg.checkpoint_every and res.round % cfg.checkpoint_every == 0):
                 _save(ckpt_path, cfg, res.round, strategy, grid, pending, finished=last)

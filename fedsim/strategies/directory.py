@@ -8,6 +8,7 @@ client ids. ``ClientDirectory`` learns the map with one QUERY message per node.
 from __future__ import annotations
 
 import logging
+import time
 
 from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
@@ -29,8 +30,18 @@ class ClientDirectory:
         return len(self.node_of) == self.num_clients
 
     def discover(self, grid: Grid, timeout: float | None = 60.0) -> None:
-        """Ask every unknown node for its partition id; fail loudly if clients are missing."""
-        unknown = [n for n in grid.get_node_ids() if n not in self.client_of]
+        """Ask every unknown node for its partition id; fail loudly if clients are missing.
+
+        Nodes of a real deployment (Flower SuperNodes) may still be registering: wait up to
+        ``timeout`` wall seconds until the grid lists at least ``num_clients`` nodes, as Flower's
+        ``FedAvg`` waits for ``min_available_nodes``.
+        """
+        deadline = time.monotonic() + (timeout or 0.0)
+        node_ids = list(grid.get_node_ids())
+        while len(node_ids) < self.num_clients and time.monotonic() < deadline:
+            time.sleep(0.5)
+            node_ids = list(grid.get_node_ids())
+        unknown = [n for n in node_ids if n not in self.client_of]
         if unknown:
             msgs = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in unknown]
             for reply in grid.send_and_receive(msgs, timeout=timeout):
