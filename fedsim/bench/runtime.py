@@ -354,10 +354,14 @@ class Processes:
             log.close()
 
     def stop(self, grace: float = 10.0) -> None:
-        """SIGINT (fedsim launch stops its nodes on it) then SIGTERM to each child's process group; SIGKILL
-        what is left after ``grace`` seconds. A group is signalled even when its leader has exited, since
-        Flower's SuperExecs and ClientApp processes may outlive it."""
+        """SIGINT (fedsim launch stops its nodes on it) then SIGTERM to each child's process group and to
+        every descendant found under the children (Flower's SuperExec starts ``flwr-serverapp`` and
+        ``flwr-clientapp`` in sessions of their own); SIGKILL what is left after ``grace`` seconds. A group
+        is signalled even when its leader has exited, since its processes may outlive it."""
         groups = [p for p in reversed(self.children.values())]
+        descendants = _descendants({p.pid for p in groups})
+        for pid in descendants:
+            _signal_pid(pid, signal.SIGTERM)
         for p in groups:
             _signal_group(p, signal.SIGINT if p.poll() is None else signal.SIGTERM)
         deadline = time.monotonic() + grace / 2
@@ -378,6 +382,12 @@ class Processes:
                 p.wait(5)
             except subprocess.TimeoutExpired:
                 pass
+        deadline = time.monotonic() + grace / 2
+        while descendants and time.monotonic() < deadline:
+            descendants = {pid for pid in descendants if _alive(pid)}
+            time.sleep(0.1)
+        for pid in descendants:
+            _signal_pid(pid, signal.SIGKILL)
 
 
 def _signal_group(p: subprocess.Popen, sig: int) -> None:
@@ -385,3 +395,43 @@ def _signal_group(p: subprocess.Popen, sig: int) -> None:
         os.killpg(p.pid, sig)  # the group of a child started with start_new_session: pgid == its pid
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _signal_pid(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _alive(pid: int) -> bool:
+    """Running (not a zombie waiting to be reaped by its parent)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _descendants(roots: set[int]) -> set[int]:
+    """PIDs of every living process below ``roots`` (Linux /proc; empty elsewhere)."""
+    parent: dict[int, int] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return set()
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z":
+            parent[int(entry)] = int(fields[1])
+    found, frontier = set(), set(roots)
+    while frontier:
+        frontier = {pid for pid, ppid in parent.items() if ppid in frontier and pid not in found}
+        found |= frontier
+    return found
