@@ -364,30 +364,26 @@ class Processes:
             _signal_pid(pid, signal.SIGTERM)
         for p in groups:
             _signal_group(p, signal.SIGINT if p.poll() is None else signal.SIGTERM)
-        deadline = time.monotonic() + grace / 2
+        for escalation in (signal.SIGTERM, signal.SIGKILL):  # wait, then escalate what is left
+            deadline = time.monotonic() + grace / 2
+            for p in groups:
+                _wait(p, max(0.1, deadline - time.monotonic()))
+                _signal_group(p, escalation)
         for p in groups:
-            try:
-                p.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-            _signal_group(p, signal.SIGTERM)
-        deadline = time.monotonic() + grace / 2
-        for p in groups:
-            try:
-                p.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-            _signal_group(p, signal.SIGKILL)
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
+            _wait(p, 5)
         deadline = time.monotonic() + grace / 2
         while descendants and time.monotonic() < deadline:
             descendants = {pid for pid in descendants if _alive(pid)}
             time.sleep(0.1)
         for pid in descendants:
             _signal_pid(pid, signal.SIGKILL)
+
+
+def _wait(p: subprocess.Popen, timeout: float) -> None:
+    try:
+        p.wait(timeout)
+    except subprocess.TimeoutExpired:
+        pass
 
 
 def _signal_group(p: subprocess.Popen, sig: int) -> None:
