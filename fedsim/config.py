@@ -237,8 +237,10 @@ def arm_configs(cfg: ExperimentConfig) -> dict[str, ExperimentConfig]:
 
 def validate(cfg: ExperimentConfig) -> None:
     from .data import DATASETS, SCHEMES
+    from .local.vectorized import TRAINERS
     from .models import MODELS
     from .participation import PARTICIPATION
+    from .runtime.protocol import EF_INITS
     from .strategies import STRATEGIES
     from .strategies.fedavg import WEIGHTINGS
 
@@ -262,15 +264,16 @@ def validate(cfg: ExperimentConfig) -> None:
     need(cfg.client.lr > 0, "client.lr", "must be > 0")
     need(cfg.client.batch_size >= 1, "client.batch_size", "must be >= 1")
     need(cfg.client.local_steps >= 1, "client.local_steps", "must be >= 1")
-    need(cfg.client.trainer in ("auto", "sequential", "vectorized"), "client.trainer",
-         f"must be auto, sequential or vectorized; got '{cfg.client.trainer}'")
+    need(cfg.client.trainer in TRAINERS, "client.trainer",
+         f"must be one of {', '.join(TRAINERS)}; got '{cfg.client.trainer}'")
     need(cfg.strategy.name in STRATEGIES, "strategy.name",
          f"must be one of {', '.join(STRATEGIES)}; got '{cfg.strategy.name}'")
     need(cfg.strategy.server_lr > 0, "strategy.server_lr", "must be > 0")
     need(cfg.strategy.weighting in WEIGHTINGS, "strategy.weighting", f"must be one of {WEIGHTINGS}")
     need(cfg.strategy.cutoff >= 1, "strategy.cutoff", "must be >= 1")
     need(cfg.strategy.m >= 1, "strategy.m", "must be >= 1")
-    need(cfg.strategy.ef_init in ("full", "zero"), "strategy.ef_init", f"must be full or zero; got '{cfg.strategy.ef_init}'")
+    need(cfg.strategy.ef_init in EF_INITS, "strategy.ef_init",
+         f"must be one of {', '.join(EF_INITS)}; got '{cfg.strategy.ef_init}'")
     _validate_compression(cfg.compression, need)
     _validate_privacy(cfg.privacy, need)
     need("name" in cfg.participation, "participation.name", "is required")
@@ -292,10 +295,9 @@ def _validate_compression(c: CompressionConfig, need) -> None:
          "applies to rand-k and natural only")
 
 
-MECHANISMS = ("identity", "tree", "sqrt-toeplitz", "optimal", "banded", "blt")
-
-
 def _validate_privacy(p: PrivacyConfig, need) -> None:
+    from .privacy import MECHANISMS
+
     need(p.mechanism in MECHANISMS, "privacy.mechanism", f"must be one of {', '.join(MECHANISMS)}; got '{p.mechanism}'")
     need(p.clip_norm > 0, "privacy.clip_norm", f"must be > 0, got {p.clip_norm}")
     need(p.noise_multiplier >= 0, "privacy.noise_multiplier", f"must be >= 0, got {p.noise_multiplier}")

@@ -101,14 +101,15 @@ class FedsimStrategy(Strategy):
                 P.EXAMPLE_DP_CLIP: float(self.example_dp["clip_norm"])}
 
     def example_epsilon(self) -> float:
-        """Worst client's example-level epsilon so far (steps it was asked to run, q = batch / n_i)."""
-        worst = 0.0
-        pairs = {(int(self.example_steps[c]), self.directory.num_examples.get(c, 1))
-                 for c in range(self.num_clients) if self.example_steps[c] > 0}
-        for steps, n in pairs:
-            worst = max(worst, example_epsilon(self.example_dp["noise_multiplier"], self.batch_size / max(n, 1),
-                                               steps, self.example_dp["delta"]))
-        return worst
+        """Worst client's example-level epsilon so far (steps it was asked to run, q = batch / n_i).
+
+        Epsilon grows with the step count, so per data size only the busiest client is accounted."""
+        most_steps: dict[int, int] = {}  # n_i -> most steps of any client holding n_i examples
+        for c in torch.nonzero(self.example_steps).flatten().tolist():
+            n = max(self.directory.num_examples.get(c, 1), 1)
+            most_steps[n] = max(most_steps.get(n, 0), int(self.example_steps[c]))
+        return max((example_epsilon(self.example_dp["noise_multiplier"], self.batch_size / n, steps,
+                                    self.example_dp["delta"]) for n, steps in most_steps.items()), default=0.0)
 
     def uplink_config(self) -> dict:
         if self.compressor.name == "identity" and self.feedback == "none":
