@@ -5,6 +5,7 @@
     fedsim repro ef21 --dataset phishing --method ef21,ef14 [--step-multiplier 8] [--json]
     fedsim launch | server | client | certs   (the gRPC runtime, see fedsim/runtime/commands.py)
     fedsim bench runtime [--rounds N] [--skip-flower] [--json]   (see fedsim/bench/)
+    fedsim bench sim [--clients-per-round 10,50] [--population 100] [--rounds 5] [--device cpu|cuda] [--json]
 """
 
 from __future__ import annotations

@@ -1,14 +1,15 @@
 """``fedsim bench``: benchmarks that measure things side by side in one run and print ratios.
 
     fedsim bench runtime [--rounds N] [--clients N] [--processes 3] [--skip-flower] [--json]
+    fedsim bench sim [--clients-per-round 10,50] [--population 100] [--rounds 5] [--device cpu|cuda] [--json]
 
-Each benchmark is a module with ``add_parser(bench_subparsers)``; add new ones (e.g. ``sim``) to
-``BENCHMARKS``.
+Each benchmark is a module with ``add_parser(bench_subparsers)``, listed in ``BENCHMARKS``; the process
+handling (own sessions, stop by PID) is in ``processes.py``, the memory sampler in ``memory.py``.
 """
 
 from __future__ import annotations
 
-BENCHMARKS = ("runtime",)
+BENCHMARKS = ("runtime", "sim")
 
 
 def add_parser(sub) -> None:

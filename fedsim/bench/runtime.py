@@ -23,13 +23,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from .processes import BenchError, Processes, free_port
 
 # A quickstart-like workload small enough for Flower's deployment runtime, which cold-starts a
 # process per message: LeNet on Fashion-MNIST, every client trains every round.
@@ -64,13 +64,7 @@ name = "uniform"
 clients_per_round = {clients}
 """
 
-FLWR_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
-            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "PYTHONUNBUFFERED": "1"}
 RUNTIMES = ("in-process", "grpc", "flower")
-
-
-class BenchError(RuntimeError):
-    """A runtime that did not complete; the message says why."""
 
 
 def add_parser(bsub) -> None:
@@ -165,7 +159,7 @@ def _run_inprocess(config, overrides, out: Path, timeout: float) -> dict:
         t0 = time.time()
         p = procs.start("fedsim-run", _fedsim("run", config, *_sets(overrides), "--out", str(out), "--quiet"))
         procs.wait(p, timeout)
-        return _timings(out, t0, time.time())
+        return round_timings(out, t0, time.time())
 
 
 def _run_grpc(config, overrides, processes: int, out: Path, timeout: float) -> dict:
@@ -174,7 +168,7 @@ def _run_grpc(config, overrides, processes: int, out: Path, timeout: float) -> d
         p = procs.start("fedsim-launch", _fedsim("launch", config, *_sets(overrides), "--processes", str(processes),
                                                  "--out", str(out), "--quiet"))
         procs.wait(p, timeout)
-        return _timings(out, t0, time.time())
+        return round_timings(out, t0, time.time())
 
 
 def _run_flower(config, overrides, nodes: int, app: str | None, out: Path, timeout: float) -> dict:
@@ -226,12 +220,14 @@ def _run_flower(config, overrides, nodes: int, app: str | None, out: Path, timeo
                 raise BenchError(f"Flower's run did not finish within {timeout:.0f} s; " + procs.tail("flwr-run"))
             time.sleep(0.5)
         t_end = time.time()
-        return _timings(out, t0, t_end)
+        return round_timings(out, t0, t_end)
 
 
 # --- measurements ---------------------------------------------------------------------------------
 
-def _timings(out: Path, t0: float, t_end: float) -> dict:
+def round_timings(out: Path, t0: float, t_end: float) -> dict:
+    """From ``out/timing.jsonl`` (one ``wall_time`` per round) and the wall clock ``t0`` at which the
+    runtime's first process started: time to the end of round 1, median of the later rounds, total."""
     path = out / "timing.jsonl"
     if not path.exists():
         raise BenchError(f"no {path} (the runtime wrote no round)")
@@ -241,7 +237,8 @@ def _timings(out: Path, t0: float, t_end: float) -> dict:
     walls = [r["wall_time"] for r in rows]
     rounds_s = [b - a for a, b in zip(walls, walls[1:])]
     return {"first_round_s": round(walls[0] - t0, 3), "steady_round_s": round(statistics.median(rounds_s), 4),
-            "round_s": [round(s, 4) for s in rounds_s], "rounds": len(rows), "total_s": round(t_end - t0, 3)}
+            "round_s": [round(s, 4) for s in rounds_s], "rounds": len(rows), "total_s": round(t_end - t0, 3),
+            "last_round_end_s": round(walls[-1] - t0, 3)}
 
 
 def _ratios(runtimes: dict) -> dict:
@@ -293,14 +290,6 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-# --- processes ------------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _wait_port(port: int, timeout: float, procs: Processes) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -311,123 +300,3 @@ def _wait_port(port: int, timeout: float, procs: Processes) -> None:
         time.sleep(0.2)
     raise BenchError(f"the SuperLink did not listen on 127.0.0.1:{port} within {timeout:.0f} s; "
                      + procs.tail("superlink"))
-
-
-class Processes:
-    """The processes one runtime started; each in its own session, stopped by PID (its group) on exit."""
-
-    def __init__(self, logdir: Path, env: dict | None = None):
-        self.logdir = logdir / "logs"
-        self.env = {**os.environ, **FLWR_ENV, **(env or {})}
-        self.children: dict[str, subprocess.Popen] = {}
-        self._logs = []
-
-    def __enter__(self) -> Processes:
-        self.logdir.mkdir(parents=True, exist_ok=True)
-        return self
-
-    def start(self, name: str, cmd: list[str], cwd: Path | None = None) -> subprocess.Popen:
-        log = open(self.logdir / f"{name}.log", "w")  # noqa: SIM115 - closed in __exit__
-        self._logs.append(log)
-        p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env,
-                             cwd=cwd, start_new_session=True)
-        self.children[name] = p
-        return p
-
-    def wait(self, p: subprocess.Popen, timeout: float) -> None:
-        name = next(k for k, v in self.children.items() if v is p)
-        try:
-            p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise BenchError(f"{name} did not finish within {timeout:.0f} s; " + self.tail(name)) from None
-        if p.returncode != 0:
-            raise BenchError(f"{name} exited with code {p.returncode}; " + self.tail(name))
-
-    def tail(self, name: str, lines: int = 8) -> str:
-        path = self.logdir / f"{name}.log"
-        text = path.read_text(errors="replace").strip().splitlines()[-lines:] if path.exists() else []
-        return f"last lines of {path}:\n  " + "\n  ".join(text) if text else f"({path} is empty)"
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-        for log in self._logs:
-            log.close()
-
-    def stop(self, grace: float = 10.0) -> None:
-        """SIGINT (fedsim launch stops its nodes on it) then SIGTERM to each child's process group and to
-        every descendant found under the children (Flower's SuperExec starts ``flwr-serverapp`` and
-        ``flwr-clientapp`` in sessions of their own); SIGKILL what is left after ``grace`` seconds. A group
-        is signalled even when its leader has exited, since its processes may outlive it."""
-        groups = [p for p in reversed(self.children.values())]
-        descendants = _descendants({p.pid for p in groups})
-        for pid in descendants:
-            _signal_pid(pid, signal.SIGTERM)
-        for p in groups:
-            _signal_group(p, signal.SIGINT if p.poll() is None else signal.SIGTERM)
-        for escalation in (signal.SIGTERM, signal.SIGKILL):  # wait, then escalate what is left
-            deadline = time.monotonic() + grace / 2
-            for p in groups:
-                _wait(p, max(0.1, deadline - time.monotonic()))
-                _signal_group(p, escalation)
-        for p in groups:
-            _wait(p, 5)
-        deadline = time.monotonic() + grace / 2
-        while descendants and time.monotonic() < deadline:
-            descendants = {pid for pid in descendants if _alive(pid)}
-            time.sleep(0.1)
-        for pid in descendants:
-            _signal_pid(pid, signal.SIGKILL)
-
-
-def _wait(p: subprocess.Popen, timeout: float) -> None:
-    try:
-        p.wait(timeout)
-    except subprocess.TimeoutExpired:
-        pass
-
-
-def _signal_group(p: subprocess.Popen, sig: int) -> None:
-    try:
-        os.killpg(p.pid, sig)  # the group of a child started with start_new_session: pgid == its pid
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _signal_pid(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _alive(pid: int) -> bool:
-    """Running (not a zombie waiting to be reaped by its parent)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def _descendants(roots: set[int]) -> set[int]:
-    """PIDs of every living process below ``roots`` (Linux /proc; empty elsewhere)."""
-    parent: dict[int, int] = {}
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return set()
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if fields[0] != "Z":
-            parent[int(entry)] = int(fields[1])
-    found, frontier = set(), set(roots)
-    while frontier:
-        frontier = {pid for pid, ppid in parent.items() if ppid in frontier and pid not in found}
-        found |= frontier
-    return found
