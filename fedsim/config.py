@@ -44,6 +44,8 @@ class ClientConfig:
     batch_size: int = 32
     local_steps: int = 5
     trainer: str = "auto"  # auto | sequential | vectorized (torch.func over the cohort)
+    workers: int = 1       # processes training a cohort: 1 = this one, 0 = one per CPU core (CPU only)
+    device: str = "cpu"    # cpu | cuda | auto (cuda when there is one)
 
 
 @dataclass(frozen=True)
@@ -237,6 +239,7 @@ def arm_configs(cfg: ExperimentConfig) -> dict[str, ExperimentConfig]:
 
 def validate(cfg: ExperimentConfig) -> None:
     from .data import DATASETS, SCHEMES
+    from .local.device import DEVICES
     from .local.vectorized import TRAINERS
     from .models import MODELS
     from .participation import PARTICIPATION
@@ -266,6 +269,11 @@ def validate(cfg: ExperimentConfig) -> None:
     need(cfg.client.local_steps >= 1, "client.local_steps", "must be >= 1")
     need(cfg.client.trainer in TRAINERS, "client.trainer",
          f"must be one of {', '.join(TRAINERS)}; got '{cfg.client.trainer}'")
+    need(cfg.client.workers >= 0, "client.workers", f"must be >= 0 (0 = one per CPU core), got {cfg.client.workers}")
+    need(cfg.client.device in DEVICES, "client.device",
+         f"must be one of {', '.join(DEVICES)}; got '{cfg.client.device}'")
+    need(cfg.client.workers == 1 or cfg.client.device == "cpu", "client.workers",
+         f"must be 1 with client.device = '{cfg.client.device}' (worker processes split CPU training)")
     need(cfg.strategy.name in STRATEGIES, "strategy.name",
          f"must be one of {', '.join(STRATEGIES)}; got '{cfg.strategy.name}'")
     need(cfg.strategy.server_lr > 0, "strategy.server_lr", "must be > 0")

@@ -67,6 +67,7 @@ def run_single(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, 
     t_start = time.monotonic()
     data = load_client_data(cfg)
     strategy = make_strategy(cfg, data)
+    own_grid = grid is None  # ours to close: it may hold worker processes (client.workers)
     if grid is None:
         grid = InProcessGrid(make_handler(cfg, data), cfg.data.num_clients, seed=cfg.seed)
     eval_model = make_model(cfg, data.dataset)
@@ -109,8 +110,12 @@ def run_single(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, 
                 _save(ckpt_path, cfg, res.round, strategy, grid, pending, finished=last)
             return last
 
-        run_rounds(strategy, grid, arrays, first_round=first, last_round=cfg.rounds, pending=pending,
-                   on_round=on_round)
+        try:
+            run_rounds(strategy, grid, arrays, first_round=first, last_round=cfg.rounds, pending=pending,
+                       on_round=on_round)
+        finally:
+            if own_grid:
+                grid.close()
     bar.close()
     rows = read_rows(metrics_path)
     summary = _summary(cfg, rows, time.monotonic() - t_start)

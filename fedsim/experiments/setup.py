@@ -51,7 +51,12 @@ def make_model(cfg: ExperimentConfig, ds: Dataset) -> torch.nn.Module:
 
 
 def make_handler(cfg: ExperimentConfig, data: ClientData) -> ClientHandler:
-    return ClientHandler(make_model(cfg, data.dataset), data.dataset.train, data.parts, trainer=cfg.client.trainer)
+    """The client side; ``client.device = cuda`` on a machine without one fails here, naming the key."""
+    try:
+        return ClientHandler(make_model(cfg, data.dataset), data.dataset.train, data.parts,
+                             trainer=cfg.client.trainer, workers=cfg.client.workers, device=cfg.client.device)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def make_strategy(cfg: ExperimentConfig, data: ClientData) -> FedsimStrategy:

@@ -5,10 +5,17 @@ hands it every message of a round; a Flower ClientApp hands it one) and answers 
 the partition id the node hosts. It only decodes messages and calls the local trainer: the training
 algorithm lives in ``fedsim.local.reference``, the worker-side AFA rule in ``fedsim.core.afa`` and
 the uplink compression / error feedback (with its per-client state) in ``fedsim.local.uplink``.
+
+Where training runs: on ``device`` (``client.device``, ``fedsim.local.device``) in this process, or,
+with ``workers > 1`` (``client.workers``, CPU only), split over forked worker processes
+(``fedsim.local.pool``). Either way the uplink stage (compression, error-feedback state) runs here,
+after training, and example-level DP (Opacus) jobs train in this process on the CPU. Clients' row
+lists are stored compactly (``fedsim.local.client_rows``), so a handler can host 100,000 clients.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from contextlib import contextmanager
 
@@ -20,6 +27,9 @@ from ..core import afa
 from ..core.params import ParamSpec
 from ..runtime import protocol as P
 from .example_dp import ExampleDP, private_copy, train_cohort_dp
+from .device import resolve_device
+from .client_rows import ClientRows
+from .pool import WorkerPool, resolve_workers
 from .reference import Job, job_seed
 from .vectorized import TRAINERS, train
 from .uplink import Uplink, UplinkSpec
@@ -38,16 +48,33 @@ def partition_id(context: Context) -> int:
 class ClientHandler:
     """Hosts the data of many virtual clients and trains any subset of them on request."""
 
-    def __init__(self, model: torch.nn.Module, train_split, parts: Sequence[np.ndarray], trainer: str = "auto"):
+    def __init__(self, model: torch.nn.Module, train_split, parts: Sequence[np.ndarray], trainer: str = "auto", *,
+                 workers: int = 1, device: str = "cpu"):
         if trainer not in TRAINERS:
             raise ValueError(f"client.trainer must be one of {TRAINERS}, got '{trainer}'")
-        self.model = model
+        self.device = resolve_device(device)
+        self.workers = resolve_workers(workers)
+        if self.workers > 1 and self.device.type != "cpu":
+            raise ValueError(f"client.workers = {workers} splits CPU training over processes; with client.device "
+                             f"'{self.device.type}' use client.workers = 1")
+        self.model = model.to(self.device)
         self.trainer = trainer
         self.spec = ParamSpec.of(model)
         self.data = train_split
-        self.parts = [torch.as_tensor(p, dtype=torch.int64) for p in parts]
+        self.parts = ClientRows(parts)
         self.uplink = Uplink(len(self.parts), self.spec.dim)
         self._gsm = None  # Opacus wrapper of a model copy, built on first example-level DP job
+        self._pool: WorkerPool | None = None  # forked on the first cohort when workers > 1
+
+    def close(self) -> None:
+        """Stop the worker processes, if any (a later cohort forks new ones)."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def num_examples(self) -> np.ndarray:
+        """Training examples of every hosted client, int64 [N]."""
+        return self.parts.sizes()
 
     def state_dict(self) -> dict:
         """Client-side state that outlives a round (error-feedback vectors)."""
@@ -103,18 +130,28 @@ class ClientHandler:
                 deltas, losses = train_cohort_dp(self._private_model(), self.spec, global_params, jobs, self.data,
                                                  ExampleDP(*dp_key))
             else:
-                deltas, losses = train(self.model, self.spec, global_params, jobs, self.data, self.trainer)
+                deltas, losses = self._train(global_params, jobs)
             for k, i in enumerate(ok):
                 replies[i] = self._reply(messages[i], jobs[k], deltas[k], float(losses[k]))
         return replies  # type: ignore[return-value]
 
+    def _train(self, global_params: torch.Tensor, jobs: list[Job]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Non-DP jobs: on ``self.device`` in this process, or split over the worker processes.
+        Error-feedback encoding (``_reply``) stays in this process, after training."""
+        if self.workers > 1:
+            if self._pool is None:
+                self._pool = WorkerPool(self.model, self.spec, self.data, self.trainer, self.workers)
+            return self._pool.train(global_params, jobs)
+        deltas, losses = train(self.model, self.spec, global_params.to(self.device), jobs, self.data, self.trainer)
+        return deltas.cpu(), losses.cpu()
+
     def _private_model(self):
-        if self._gsm is None:
-            self._gsm = private_copy(self.model)
+        if self._gsm is None:  # example-level DP jobs always train in this process, on the CPU
+            self._gsm = private_copy(self.model if self.device.type == "cpu" else copy.deepcopy(self.model).cpu())
         return self._gsm
 
     def _size(self, cid: int) -> int:
-        return int(self.parts[cid].numel())
+        return self.parts.size(cid)
 
     def _job(self, msg: Message, context: Context) -> Job:
         cid = partition_id(context)

@@ -56,25 +56,27 @@ def train_cohort(model: nn.Module, spec: ParamSpec, global_params: torch.Tensor,
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Train each job from ``global_params`` [D]; returns ``(deltas [K, D], mean train loss [K])``.
 
-    ``data`` is a split with ``take(idx) -> (x, y)``. The model is reused (one resident model).
+    ``data`` is a split with ``take(idx) -> (x, y)``. The model is reused (one resident model). Training
+    runs on the device of ``global_params`` (and the model): each minibatch is moved there.
     """
-    deltas = torch.empty(len(jobs), spec.dim)
-    losses = torch.empty(len(jobs))
+    device = global_params.device
+    deltas = torch.empty(len(jobs), spec.dim, device=device)
+    losses = torch.empty(len(jobs), device=device)
     start = spec.unflatten(global_params)
     model.train()
     for k, job in enumerate(jobs):
         model.load_state_dict(start)
         gen = torch.Generator().manual_seed(job.seed)
-        total = 0.0
+        total = torch.zeros((), dtype=torch.float64, device=device)  # no host sync per step
         params = [p for p in model.parameters()]
         for idx in minibatches(job.indices, job.local_steps, job.batch_size, gen):
             x, y = data.take(idx)
-            loss = F.cross_entropy(model(x), y)
+            loss = F.cross_entropy(model(x.to(device)), y.to(device))
             grads = torch.autograd.grad(loss, params)
             with torch.no_grad():
                 for p, g in zip(params, grads):
                     p.sub_(job.lr * g)
-            total += float(loss.detach())
+            total += loss.detach().double()
         deltas[k] = spec.flatten(model.state_dict()) - global_params
         losses[k] = total / job.local_steps
     return deltas, losses

@@ -6,7 +6,9 @@ is handed to the client handler as one cohort) but *delivers* it only when the v
 that stops waiting early (AFA-CD) sees late answers in later rounds, computed on the model they were
 sent. ``pull_until`` advances the clock event by event until enough answers are in; it is what a
 synchronous round's ``send_and_receive`` uses too. Node ids are random 63-bit integers drawn from
-the seed, as in Flower; each node has one persistent ``Context`` holding its partition id.
+the seed, as in Flower; each node has one persistent ``Context`` holding its partition id, created
+the first time the node is contacted, so a population of N = 100,000 clients costs a few [N] arrays
+until clients train. ``close()`` stops the handler's worker processes (``client.workers``).
 """
 
 from __future__ import annotations
@@ -71,14 +73,25 @@ class RunGrid(Grid):
         return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
 
 
+class _Contexts(dict):
+    """A dict of node Contexts that creates one on first lookup (``make(node_id)``)."""
+
+    def __init__(self, make):
+        super().__init__()
+        self._make = make
+
+    def __missing__(self, node_id: int) -> Context:
+        ctx = self[node_id] = self._make(node_id)
+        return ctx
+
+
 class InProcessGrid(RunGrid):
     def __init__(self, handler, num_clients: int, *, seed: int = 0, run_id: int = 1, run_config: dict | None = None):
-        self.node_ids = client_node_ids(num_clients, seed)
-        self.contexts = {
-            nid: Context(run_id=run_id, node_id=nid, state=RecordDict(), run_config=dict(run_config or {}),
-                         node_config={"partition-id": cid, "num-partitions": num_clients})
-            for cid, nid in enumerate(self.node_ids)
-        }
+        self.node_ids = np.asarray(client_node_ids(num_clients, seed), dtype=np.int64)  # [N], node of client i
+        self._order = np.argsort(self.node_ids)  # node ids sorted, for node -> client lookups
+        self._sorted = self.node_ids[self._order]
+        self.contexts = _Contexts(self._new_context)  # node id -> Context, made on first use: O(contacted)
+        self._run_id, self._run_config, self.num_clients = run_id, dict(run_config or {}), num_clients
         self.handler = handler
         self.now = 0.0
         self._run = Run.create_empty(run_id)
@@ -86,15 +99,32 @@ class InProcessGrid(RunGrid):
         self._seq = itertools.count()
         set_task_identity(run_id)
 
+    def client_of(self, node_id: int) -> int | None:
+        """The client (partition id) hosted by ``node_id``, or None for an unknown node."""
+        i = int(np.searchsorted(self._sorted, node_id))
+        return int(self._order[i]) if i < len(self._sorted) and self._sorted[i] == node_id else None
+
+    def client_table(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(node id [N], training examples [N])`` of client 0..N-1 without a QUERY message per client,
+        when the handler can tell client sizes (``ClientHandler``); None for a plain Flower ClientApp."""
+        if not hasattr(self.handler, "num_examples"):
+            return None
+        return self.node_ids.copy(), np.asarray(self.handler.num_examples(), dtype=np.int64)
+
+    def close(self) -> None:
+        """Release what the clients hold outside this process (worker processes); idempotent."""
+        if hasattr(self.handler, "close"):
+            self.handler.close()
+
     # --- Flower Grid API -------------------------------------------------------------------------
     def get_node_ids(self) -> Iterable[int]:
-        return list(self.node_ids)
+        return self.node_ids.tolist()
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         messages = list(messages)
         ids, train = [], []
         for msg in messages:
-            if msg.metadata.dst_node_id not in self.contexts:
+            if self.client_of(msg.metadata.dst_node_id) is None:
                 raise ValueError(f"unknown node {msg.metadata.dst_node_id}: no such client in this federation")
             msg.metadata.__dict__["_message_id"] = f"{self._run.run_id}-{next(self._seq)}"
             ids.append(msg.metadata.message_id)
@@ -169,6 +199,13 @@ class InProcessGrid(RunGrid):
 
     def _context(self, msg: Message) -> Context:
         return self.contexts[msg.metadata.dst_node_id]
+
+    def _new_context(self, nid: int) -> Context:
+        cid = self.client_of(nid)
+        if cid is None:
+            raise KeyError(nid)
+        return Context(run_id=self._run_id, node_id=nid, state=RecordDict(), run_config=dict(self._run_config),
+                       node_config={"partition-id": cid, "num-partitions": self.num_clients})
 
     def _deliver(self, reply: Message, latency: float) -> None:
         if latency < 0:

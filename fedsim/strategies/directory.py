@@ -2,7 +2,12 @@
 
 Flower node ids are transient random integers and the server never sees a node's ``partition-id``
 (reference/flower.md §3.5), yet FedAU counters, AFA-CS memory and participation limits need stable
-client ids. ``ClientDirectory`` learns the map with one QUERY message per node.
+client ids. ``ClientDirectory`` learns the map with one QUERY message per node. On fedsim's
+in-process grid, which assigned the partition ids itself, it reads the map in one call instead
+(``InProcessGrid.client_table``): at N = 100,000 the QUERY round costs ~40 s and ~400 MB of Flower
+messages, the table ~2 ms and 1.6 MB.
+
+The maps are ``[N]`` int64 arrays behind a small dict-like view (``ClientMap``), 8 bytes per client.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 
+import numpy as np
 from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
@@ -17,17 +23,53 @@ from ..runtime import protocol as P
 
 log = logging.getLogger("fedsim")
 
+MISSING = -1  # node ids are >= 2 and example counts >= 0, so -1 marks "not known"
+
+
+class ClientMap:
+    """``client id -> int`` for clients 0..N-1, stored as one int64 ``[N]`` array (MISSING = unset);
+    reads like a dict (``get``, ``[]``, ``in``, ``len``, ``values``, ``items``)."""
+
+    def __init__(self, num_clients: int):
+        self.array = np.full(num_clients, MISSING, dtype=np.int64)
+
+    def __contains__(self, cid) -> bool:
+        return 0 <= int(cid) < len(self.array) and self.array[int(cid)] != MISSING
+
+    def get(self, cid, default=None):
+        return int(self.array[int(cid)]) if cid in self else default
+
+    def __getitem__(self, cid) -> int:
+        if cid not in self:
+            raise KeyError(cid)
+        return int(self.array[int(cid)])
+
+    def __setitem__(self, cid, value) -> None:
+        self.array[int(cid)] = int(value)
+
+    def __len__(self) -> int:
+        return int(np.count_nonzero(self.array != MISSING))
+
+    def keys(self) -> list[int]:
+        return np.flatnonzero(self.array != MISSING).tolist()
+
+    def values(self) -> list[int]:
+        return self.array[self.array != MISSING].tolist()
+
+    def items(self) -> list[tuple[int, int]]:
+        keys = self.keys()
+        return list(zip(keys, self.array[keys].tolist()))
+
 
 class ClientDirectory:
     def __init__(self, num_clients: int):
         self.num_clients = num_clients
-        self.node_of: dict[int, int] = {}    # client id -> node id
-        self.client_of: dict[int, int] = {}  # node id -> client id
-        self.num_examples: dict[int, int] = {}  # client id -> training examples (as the node reported)
+        self.node_of = ClientMap(num_clients)       # client id -> node id
+        self.num_examples = ClientMap(num_clients)  # client id -> training examples (as the node reported)
 
     @property
     def complete(self) -> bool:
-        return len(self.node_of) == self.num_clients
+        return bool(np.all(self.node_of.array != MISSING))
 
     def discover(self, grid: Grid, timeout: float | None = 60.0) -> None:
         """Ask every unknown node for its partition id; fail loudly if clients are missing.
@@ -36,12 +78,17 @@ class ClientDirectory:
         ``timeout`` wall seconds until the grid lists at least ``num_clients`` nodes, as Flower's
         ``FedAvg`` waits for ``min_available_nodes``.
         """
+        table = grid.client_table() if hasattr(grid, "client_table") else None
+        if table is not None and len(table[0]) == self.num_clients:
+            self.node_of.array[:], self.num_examples.array[:] = table
+            return
         deadline = time.monotonic() + (timeout or 0.0)
         node_ids = list(grid.get_node_ids())
         while len(node_ids) < self.num_clients and time.monotonic() < deadline:
             time.sleep(0.5)
             node_ids = list(grid.get_node_ids())
-        unknown = [n for n in node_ids if n not in self.client_of]
+        known = np.isin(np.asarray(node_ids, dtype=np.int64), self.node_of.array)
+        unknown = [n for n, k in zip(node_ids, known) if not k]
         if unknown:
             msgs = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in unknown]
             for reply in grid.send_and_receive(msgs, timeout=timeout):
@@ -55,15 +102,11 @@ class ClientDirectory:
                 if "num-examples" in metrics:
                     self.num_examples[cid] = int(metrics["num-examples"])
         if not self.complete:
-            missing = sorted(set(range(self.num_clients)) - set(self.node_of))
-            raise RuntimeError(f"{len(missing)} of {self.num_clients} clients are not connected "
-                               f"(first missing ids: {missing[:10]})")
+            missing = np.flatnonzero(self.node_of.array == MISSING)
+            raise RuntimeError(f"{missing.size} of {self.num_clients} clients are not connected "
+                               f"(first missing ids: {missing[:10].tolist()})")
 
     def add(self, node_id: int, client: int) -> None:
         if not 0 <= client < self.num_clients:
             raise ValueError(f"node {node_id} claims unknown client {client} (expected 0..{self.num_clients - 1})")
-        old = self.node_of.get(client)
-        if old is not None and old != node_id:
-            self.client_of.pop(old, None)  # the client reconnected from another node
-        self.node_of[client] = node_id
-        self.client_of[node_id] = client
+        self.node_of[client] = node_id  # a client that reconnected from another node replaces the old one
