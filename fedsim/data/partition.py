@@ -142,10 +142,10 @@ def _natural(n: int, num_clients: int, groups: np.ndarray | None) -> list[np.nda
 def label_histogram(labels: np.ndarray, parts: list[np.ndarray], num_classes: int) -> np.ndarray:
     """Per-client label fractions, shape [N, C]; each row sums to 1 (an empty part gives zeros)."""
     labels = np.asarray(labels)
-    hist = np.zeros((len(parts), num_classes))
-    for k, p in enumerate(parts):
-        counts = np.bincount(labels[np.asarray(p, dtype=np.int64)], minlength=num_classes)
-        if counts.shape[0] > num_classes:
-            raise ValueError(f"labels exceed num_classes={num_classes}")
-        hist[k] = counts / max(len(p), 1)
-    return hist
+    sizes = np.fromiter((len(p) for p in parts), dtype=np.int64, count=len(parts))
+    flat = labels[np.concatenate([np.asarray(p, dtype=np.int64).reshape(-1) for p in parts])] if len(parts) else labels[:0]
+    if flat.size and flat.max() >= num_classes:
+        raise ValueError(f"labels exceed num_classes={num_classes}")
+    owner = np.repeat(np.arange(len(parts), dtype=np.int64), sizes)  # one pass for all N clients
+    counts = np.bincount(owner * num_classes + flat, minlength=len(parts) * num_classes)
+    return counts.reshape(len(parts), num_classes) / np.maximum(sizes, 1)[:, None]
