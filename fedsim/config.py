@@ -56,6 +56,32 @@ class StrategyConfig:
     cutoff: int = 100_000            # fedau: interval cutoff K
     m: int = 10                      # afa-cd / afa-cs: answers to wait for per round
     ef_init: str = "full"            # ef21: first message uncompressed (full) or g_i = 0 (zero)
+    # asynchronous strategies (direct, weighted, fedasync, fedbuff, repair)
+    round_time: float = 0.0          # > 0: a round collects what arrives within this many (virtual) seconds
+    staleness_fn: str = "polynomial"  # constant | polynomial | hinge | exponential
+    staleness_a: float = 0.5         # polynomial (tau+1)^-a, hinge 1/(a(tau-b)+1), exponential exp(-a tau)
+    staleness_b: float = 4.0         # hinge: staleness up to b is not discounted
+    mixing: float = 0.6              # fedasync: alpha in x <- (1 - alpha s(tau)) x + alpha s(tau) y
+    buffer_size: int = 10            # fedbuff: answers per server step
+    max_staleness: int = 0           # fedbuff: drop answers staler than this (0 = keep all)
+    history: int = 64                # fedasync / repair: most past global models kept
+
+
+@dataclass(frozen=True)
+class RepairConfig:
+    """Staleness repair by gradient inversion (strategy ``repair``; ``fedsim.staleness.repair``)."""
+
+    samples: int = 32           # synthetic samples in D_rec
+    iterations: int = 200       # inversion steps (the paper: 10,000-40,000 on a GPU)
+    image_lr: float = 0.1       # Adam on the signed image gradient
+    label_lr: float = 0.1       # Adam on the label logits
+    tv: float = 1e-4            # total-variation prior weight
+    mode: str = "replace"       # replace (the paper) | correct (stale + estimated drift)
+    switch: str = "estimated"   # estimated | never | round: when to go back to plain aggregation
+    margin: float = 1.0         # estimated: repair while margin x its estimated error < the drift
+    patience: int = 5           # estimated: declines in a row before switching for good
+    switch_round: int = 0       # round: repair up to this round
+    min_staleness: int = 1      # answers less stale than this are aggregated as they are
 
 
 @dataclass(frozen=True)
@@ -98,6 +124,7 @@ class ExperimentConfig:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    repair: RepairConfig = field(default_factory=RepairConfig)
     participation: dict = field(default_factory=lambda: {"name": "full"})
     arms: dict = field(default_factory=dict)
 
@@ -282,11 +309,36 @@ def validate(cfg: ExperimentConfig) -> None:
     need(cfg.strategy.m >= 1, "strategy.m", "must be >= 1")
     need(cfg.strategy.ef_init in EF_INITS, "strategy.ef_init",
          f"must be one of {', '.join(EF_INITS)}; got '{cfg.strategy.ef_init}'")
+    _validate_staleness(cfg, need)
     _validate_compression(cfg.compression, need)
     _validate_privacy(cfg.privacy, need)
     need("name" in cfg.participation, "participation.name", "is required")
     need(cfg.participation["name"] in PARTICIPATION, "participation.name",
          f"must be one of {', '.join(PARTICIPATION)}; got '{cfg.participation['name']}'")
+
+
+def _validate_staleness(cfg: ExperimentConfig, need) -> None:
+    from .core.staleness import STALENESS_FUNCTIONS
+    from .staleness import MODES, SWITCHES
+
+    s, r = cfg.strategy, cfg.repair
+    need(s.round_time >= 0, "strategy.round_time", f"must be >= 0 (0 = wait for m answers), got {s.round_time}")
+    need(s.staleness_fn in STALENESS_FUNCTIONS, "strategy.staleness_fn",
+         f"must be one of {', '.join(STALENESS_FUNCTIONS)}; got '{s.staleness_fn}'")
+    need(s.staleness_a >= 0 and s.staleness_b >= 0, "strategy.staleness_a", "and staleness_b must be >= 0")
+    need(0 < s.mixing <= 1, "strategy.mixing", f"must be in (0, 1], got {s.mixing}")
+    need(s.buffer_size >= 1, "strategy.buffer_size", f"must be >= 1, got {s.buffer_size}")
+    need(s.max_staleness >= 0, "strategy.max_staleness", "must be >= 0 (0 = no cap)")
+    need(s.history >= 1, "strategy.history", f"must be >= 1, got {s.history}")
+    need(r.samples >= 1 and r.iterations >= 1, "repair.samples", "and repair.iterations must be >= 1")
+    need(r.image_lr > 0 and r.label_lr > 0, "repair.image_lr", "and repair.label_lr must be > 0")
+    need(r.tv >= 0, "repair.tv", f"must be >= 0, got {r.tv}")
+    need(r.mode in MODES, "repair.mode", f"must be one of {', '.join(MODES)}; got '{r.mode}'")
+    need(r.switch in SWITCHES, "repair.switch", f"must be one of {', '.join(SWITCHES)}; got '{r.switch}'")
+    need(r.margin >= 0, "repair.margin", f"must be >= 0, got {r.margin}")
+    need(r.patience >= 1, "repair.patience", f"must be >= 1, got {r.patience}")
+    need(r.switch_round >= 0, "repair.switch_round", "must be >= 0")
+    need(r.min_staleness >= 1, "repair.min_staleness", "must be >= 1")
 
 
 def _validate_compression(c: CompressionConfig, need) -> None:

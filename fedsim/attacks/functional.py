@@ -14,7 +14,7 @@ from torch.nn import functional as F
 
 from ..core.params import ParamSpec
 
-__all__ = ["cross_entropy", "flat_grad", "param_dict"]
+__all__ = ["cross_entropy", "flat_grad", "local_update", "param_dict"]
 
 
 def param_dict(spec: ParamSpec, params: torch.Tensor, *, requires_grad: bool = False
@@ -44,3 +44,19 @@ def flat_grad(model: nn.Module, spec: ParamSpec, params: torch.Tensor, x: torch.
     loss = cross_entropy(functional_call(model, named, (x,)), target)
     (g,) = torch.autograd.grad(loss, leaf, create_graph=create_graph)
     return g
+
+
+def local_update(model: nn.Module, spec: ParamSpec, params: torch.Tensor, x: torch.Tensor, target: torch.Tensor,
+                 *, steps: int, lr: float, batch_size: int, create_graph: bool = False) -> torch.Tensor:
+    """A client's local SGD replayed on ``(x, target)``: ``w_K - params`` after ``steps`` steps of size
+    ``lr`` on minibatches of ``min(batch_size, n)`` rows taken in a fixed cyclic order.
+
+    With ``create_graph`` the result is differentiable with respect to ``x`` and ``target`` (the
+    unrolled FedAvg attack and staleness repair optimise through it)."""
+    n = x.shape[0]
+    b = min(batch_size or n, n)
+    w = params
+    for s in range(steps):
+        idx = torch.arange(s * b, s * b + b) % n
+        w = w - lr * flat_grad(model, spec, w, x[idx], target[idx], create_graph=create_graph)
+    return w - params

@@ -26,12 +26,12 @@ import torch
 from torch import nn
 
 from ..core.params import ParamSpec
-from .functional import flat_grad
+from .functional import flat_grad, local_update
 from .labels import recover_labels
 from .objectives import cosine_distance, total_variation
 from .observations import Observation
 
-__all__ = ["IGConfig", "SMEConfig", "ig", "invert_update", "sme", "unrolled"]
+__all__ = ["IGConfig", "SMEConfig", "ig", "ig_schedule", "invert_update", "random_images", "sme", "unrolled"]
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class SMEConfig(IGConfig):
     client_lr: float = 0.01    # the victim's SGD learning rate (SME's own setting: 0.004)
 
 
-def _schedule(opt: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.MultiStepLR:
+def ig_schedule(opt: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.MultiStepLR:
     milestones = sorted({max(1, int(steps * f)) for f in (3 / 8, 5 / 8, 7 / 8)})
     return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
 
@@ -67,7 +67,7 @@ def _optimise(loss_fn, x0: torch.Tensor, *, steps: int, lr: float, signed: bool,
     Returns the iterate with the lowest loss seen, that loss, and alpha at that point."""
     x = x0.clone().requires_grad_(True)
     opt = torch.optim.Adam([x], lr=lr)
-    sched = _schedule(opt, steps)
+    sched = ig_schedule(opt, steps)
     opt_a = torch.optim.Adam([alpha], lr=alpha_lr) if alpha is not None else None
     best = (x.detach().clone(), float("inf"), None if alpha is None else float(alpha.detach()))
     for _ in range(steps):
@@ -95,7 +95,7 @@ def _optimise(loss_fn, x0: torch.Tensor, *, steps: int, lr: float, signed: bool,
     return best
 
 
-def _init(n: int, input_shape: tuple, gen: torch.Generator, box) -> torch.Tensor:
+def random_images(n: int, input_shape: tuple, gen: torch.Generator, box) -> torch.Tensor:
     x = torch.randn(n, *input_shape, generator=gen)
     return x.clamp(*box) if box is not None else x
 
@@ -114,7 +114,7 @@ def ig(model: nn.Module, obs: Observation, *, input_shape: tuple, labels: torch.
 
     best = None
     for _ in range(max(1, cfg.restarts)):
-        x, loss, _ = _optimise(loss_fn, _init(len(labels), input_shape, gen, box), steps=cfg.steps,
+        x, loss, _ = _optimise(loss_fn, random_images(len(labels), input_shape, gen, box), steps=cfg.steps,
                                lr=cfg.lr, signed=cfg.signed, box=box)
         if best is None or loss < best[1]:
             best = (x, loss)
@@ -139,7 +139,7 @@ def sme(model: nn.Module, obs: Observation, *, input_shape: tuple, labels: torch
     best = None
     for _ in range(max(1, cfg.restarts)):
         alpha = torch.tensor(float(cfg.alpha_init), requires_grad=True) if cfg.learn_alpha else None
-        x, loss, a = _optimise(loss_fn, _init(len(labels), input_shape, gen, box), steps=cfg.steps,
+        x, loss, a = _optimise(loss_fn, random_images(len(labels), input_shape, gen, box), steps=cfg.steps,
                                lr=cfg.lr, signed=cfg.signed, box=box, alpha=alpha,
                                alpha_lr=cfg.alpha_lr)
         if best is None or loss < best[1]:
@@ -155,17 +155,13 @@ def unrolled(model: nn.Module, obs: Observation, *, input_shape: tuple, labels: 
     if obs.kind != "update":
         raise ValueError("the unrolled attack inverts a weight-update observation")
     spec = ParamSpec.of(model)
-    n = len(labels)
-    b = min(obs.batch_size or n, n)
-    batches = [torch.arange(s * b, s * b + b) % n for s in range(obs.local_steps)]
 
     def loss_fn(x, _alpha):
-        w = obs.params
-        for idx in batches:
-            w = w - obs.lr * flat_grad(model, spec, w, x[idx], labels[idx], create_graph=True)
-        return cosine_distance(w - obs.params, obs.value, obs.mask) + tv * total_variation(x)
+        sim = local_update(model, spec, obs.params, x, labels, steps=obs.local_steps, lr=obs.lr,
+                           batch_size=obs.batch_size, create_graph=True)
+        return cosine_distance(sim, obs.value, obs.mask) + tv * total_variation(x)
 
-    x, loss, _ = _optimise(loss_fn, _init(n, input_shape, gen, box), steps=steps, lr=lr,
+    x, loss, _ = _optimise(loss_fn, random_images(len(labels), input_shape, gen, box), steps=steps, lr=lr,
                            signed=signed, box=box)
     return x, {"match_loss": loss}
 

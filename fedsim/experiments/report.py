@@ -16,8 +16,11 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def plot_curves(runs: dict[str, list[dict]], path: Path, title: str = "") -> None:
-    """Accuracy and loss against round, virtual time and total MB uploaded, one line per run."""
-    fig, axes = plt.subplots(2, 3, figsize=(15, 7.5))
+    """Accuracy and loss against round, virtual time and total MB uploaded, one line per run, plus
+    the accuracy on the slow clients' classes when the runs track it."""
+    stale = any(r.get("accuracy_stale_classes") is not None for rows in runs.values() for r in rows)
+    ylabels = ["test accuracy", "test loss"] + (["accuracy on the slow clients' classes"] if stale else [])
+    fig, axes = plt.subplots(len(ylabels), 3, figsize=(15, 3.75 * len(ylabels)), squeeze=False)
     for label, rows in runs.items():
         uploaded, total = {}, 0
         for r in rows:
@@ -28,10 +31,11 @@ def plot_curves(runs: dict[str, list[dict]], path: Path, title: str = "") -> Non
             xs = [r[xkey] for r in ev]
             axes[0, col].plot(xs, [r["accuracy"] for r in ev], label=label)
             axes[1, col].plot(xs, [r["loss"] for r in ev], label=label)
+            if stale:
+                axes[2, col].plot(xs, [r.get("accuracy_stale_classes") for r in ev], label=label)
     for col, xlabel in enumerate(("round", "virtual time (s)", "MB uploaded (all clients)")):
-        axes[0, col].set_ylabel("test accuracy")
-        axes[1, col].set_ylabel("test loss")
-        for row in range(2):
+        for row, ylabel in enumerate(ylabels):
+            axes[row, col].set_ylabel(ylabel)
             axes[row, col].set_xlabel(xlabel)
             axes[row, col].grid(alpha=0.3)
     axes[0, 0].legend()
@@ -47,9 +51,12 @@ def comparison_table(summaries: dict[str, dict]) -> str:
     head = ("| arm | rounds | final accuracy | mean of last 5 evals | best accuracy | final loss | virtual time (s) "
             "| MB up | MB down | wall (s) |")
     private = any("epsilon" in s for s in summaries.values())
+    stale = any("final_accuracy_stale_classes" in s for s in summaries.values())
     if private:
         head += " ε (RDP / PLD) at δ |"
-    lines = [head, "|" + "---|" * (11 if private else 10)]
+    if stale:
+        head += " slow clients' classes: final / mean of last 5 |"
+    lines = [head, "|" + "---|" * (10 + private + stale)]
     for arm, s in summaries.items():
         line = (f"| {arm} | {s['rounds']} | {s['final_accuracy']:.4f} | {s['tail_accuracy']:.4f} | "
                 f"{s['best_accuracy']:.4f} | {s['final_loss']:.4f} | {s['virtual_time']:.1f} | "
@@ -57,5 +64,8 @@ def comparison_table(summaries: dict[str, dict]) -> str:
         if private:
             line += (f" {s['epsilon']:.3g} / {s['epsilon_pld']:.3g} at {s['delta']:g} ({s['mechanism']}) |"
                      if "epsilon" in s else " not private |")
+        if stale:
+            line += (f" {s['final_accuracy_stale_classes']:.4f} / {s['tail_accuracy_stale_classes']:.4f} |"
+                     if "final_accuracy_stale_classes" in s else " — |")
         lines.append(line)
     return "\n".join(lines)

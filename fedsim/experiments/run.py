@@ -1,8 +1,9 @@
 """``fedsim run``: one federation (or every arm of a comparison preset) in this process.
 
 Outputs per run, in ``out``: ``metrics.jsonl`` (one object per round, flushed as it is written),
-``summary.json``, ``curves.png``, ``timing.jsonl`` (wall-clock time of each round's end, kept apart
-so that ``metrics.jsonl`` stays byte-identical across runtimes) and ``checkpoint.pt`` (written atomically every
+``summary.json``, ``curves.png``, ``timing.jsonl`` (wall-clock time of each round's end and the
+strategy's ``time/*`` metrics, e.g. the server compute of staleness repair, kept apart so that
+``metrics.jsonl`` stays byte-identical across runtimes) and ``checkpoint.pt`` (written atomically every
 ``checkpoint_every`` rounds and at the end; ``resume=True`` continues from it and gives the same
 result as an uninterrupted run). A comparison writes each arm to ``out/<arm>/`` plus
 ``comparison.md``, ``comparison.json`` and one figure with all arms.
@@ -20,7 +21,7 @@ from flwr.app import ArrayRecord
 
 from ..config import ConfigError, ExperimentConfig, arm_configs
 from ..core.params import ParamSpec
-from ..local.evaluate import evaluate
+from ..local.evaluate import evaluate_classes
 from ..runtime.inprocess import InProcessGrid
 from ..runtime.loop import RoundResult, run_rounds
 from .progress import Progress
@@ -88,6 +89,7 @@ def run_single(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, 
     if not resume and timing_path.exists():
         timing_path.unlink()
     bar = Progress(cfg.rounds, label or cfg.name, enabled=progress)
+    slow_classes = cfg.participation.get("slow_classes")  # the slow clients' classes: tracked apart
 
     with metrics_path.open("a") as sink, timing_path.open("a") as timing:
         def on_round(res: RoundResult, new_arrays: ArrayRecord) -> bool:
@@ -95,15 +97,19 @@ def run_single(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, 
             row = {"round": res.round, "accuracy": None, "loss": None, "virtual_time": res.virtual_time,
                    "participants": res.participants, "bytes_up": res.bytes_up, "bytes_down": res.bytes_down}
             if res.round % cfg.eval_every == 0 or last:
-                loss, acc = evaluate(eval_model, spec, strategy.params, data.dataset.test, limit=limit)
-                row.update(loss=loss, accuracy=acc)
-            row.update(res.metrics)
+                ev = evaluate_classes(eval_model, spec, strategy.params, data.dataset.test, limit=limit,
+                                      classes=slow_classes)
+                row.update(loss=ev["loss"], accuracy=ev["accuracy"])
+                if slow_classes is not None:
+                    row["accuracy_stale_classes"] = ev["accuracy_classes"]
+            clocks = {k: v for k, v in res.metrics.items() if k.startswith("time/")}  # wall clock: timing.jsonl
+            row.update({k: v for k, v in res.metrics.items() if k not in clocks})
             if hasattr(strategy, "privacy_summary"):
                 row.update(epsilon=row["dp/epsilon"], delta=row["dp/delta"], mechanism=strategy.mechanism)
             sink.write(json.dumps(row) + "\n")
             sink.flush()
             timing.write(json.dumps({"round": res.round, "wall_time": time.time(),
-                                     "elapsed": round(time.monotonic() - t_start, 6)}) + "\n")
+                                     "elapsed": round(time.monotonic() - t_start, 6), **clocks}) + "\n")
             timing.flush()
             bar.update(res.round, row["accuracy"], first)
             if last or (cfg.checkpoint_every and res.round % cfg.checkpoint_every == 0):
@@ -124,6 +130,8 @@ def run_single(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, 
         summary["transport"] = grid.transport_stats()
     if hasattr(strategy, "privacy_summary"):
         summary.update(strategy.privacy_summary(summary["rounds"]))
+    if hasattr(strategy, "summary_extra"):
+        summary.update(strategy.summary_extra())
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     plot_curves({label or cfg.strategy.name: rows}, out / "curves.png", cfg.name)
     return summary
@@ -137,7 +145,16 @@ def _summary(cfg: ExperimentConfig, rows: list[dict], wall: float) -> dict:
             "final_loss": evals[-1]["loss"], "rounds": rows[-1]["round"], "wall_seconds": round(wall, 3),
             "virtual_time": rows[-1]["virtual_time"], "bytes_up": sum(r["bytes_up"] for r in rows),
             "bytes_down": sum(r["bytes_down"] for r in rows), "seed": cfg.seed, "strategy": cfg.strategy.name,
-            "config": cfg.to_dict()}
+            "config": cfg.to_dict(), **_stale_summary(evals)}
+
+
+def _stale_summary(evals: list[dict]) -> dict:
+    """Accuracy on the slow clients' classes (when the participation model has ``slow_classes``)."""
+    stale = [r["accuracy_stale_classes"] for r in evals if r.get("accuracy_stale_classes") is not None]
+    if not stale:
+        return {}
+    return {"final_accuracy_stale_classes": stale[-1], "best_accuracy_stale_classes": max(stale),
+            "tail_accuracy_stale_classes": sum(stale[-5:]) / len(stale[-5:])}
 
 
 def _save(path: Path, cfg: ExperimentConfig, rnd: int, strategy, grid, pending: set[str], finished: bool) -> None:

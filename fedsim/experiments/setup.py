@@ -76,10 +76,30 @@ def make_strategy(cfg: ExperimentConfig, data: ClientData) -> FedsimStrategy:
              "ef21": {"local_steps": cfg.client.local_steps, "ef_init": s.ef_init}}.get(s.name, {})
     if s.name in ("dp-fedavg", "dp-mf"):
         extra = {"privacy": dataclasses.asdict(cfg.privacy), "rounds": cfg.rounds}
+    if s.name in ASYNC_STRATEGIES:
+        extra = _async_extra(cfg, data)
     try:
         return STRATEGIES[s.name](participation, **common, **extra)
     except ValueError as exc:  # e.g. a participation model the privacy plan cannot account for
         raise ConfigError(f"strategy {s.name}: {exc}") from None
+
+
+ASYNC_STRATEGIES = ("direct", "weighted", "fedasync", "fedbuff", "repair")
+
+
+def _async_extra(cfg: ExperimentConfig, data: ClientData) -> dict:
+    s = cfg.strategy
+    extra = {"m": s.m, "round_time": s.round_time, "history": s.history, "staleness_fn": s.staleness_fn,
+             "staleness_a": s.staleness_a, "staleness_b": s.staleness_b}
+    if s.name == "fedasync":
+        extra["mixing"] = s.mixing
+    elif s.name == "fedbuff":
+        extra.update(buffer_size=s.buffer_size, max_staleness=s.max_staleness)
+    elif s.name == "repair":
+        x = data.dataset.train.x
+        extra.update(model=make_model(cfg, data.dataset), input_shape=data.dataset.input_shape,
+                     box=(float(x.min()), float(x.max())), repair=cfg.repair)
+    return extra
 
 
 def _example_dp(cfg: ExperimentConfig) -> dict | None:

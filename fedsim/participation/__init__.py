@@ -5,7 +5,10 @@ how long the answer takes. See ``models.py`` and participation-and-async.md ยง1โ
 parameter and raises ValueError naming it. Parameters (all optional unless noted):
 
 - all models: ``local_steps`` (int >= 1, default 5), ``step_time`` (s/step, default 0.05),
-  ``speed_spread`` (lognormal sigma of per-client speed, default 0), ``comm_time`` (s, default 0.1)
+  ``speed_spread`` (lognormal sigma of per-client speed, default 0), ``comm_time`` (s, default 0.1);
+  device heterogeneity intertwined with data (Wang & Gao, arXiv 2309.13536): ``slow_classes``
+  (class ids) makes every client whose data is at least ``slow_share`` (default 0.5) made of those
+  classes ``slow_factor`` (>= 1, default 10) times slower; needs ``label_hist``
 - ``uniform``: ``clients_per_round`` (required, 1..N)
 - ``fixed-epoch``: ``clients_per_round`` (required, divides N): a seeded split into N/k groups
   taking turns, the participation pattern DP matrix factorization plans for
@@ -33,7 +36,7 @@ from .models import (AnarchicParticipation, BernoulliParticipation, CyclicPartic
                      RoundPlan, Timing, UniformParticipation)
 from .probabilities import heterogeneous_probs, label_linked_probs
 
-__all__ = ["PARTICIPATION", "build_participation", "Participation", "RoundPlan", "Timing",
+__all__ = ["PARTICIPATION", "build_participation", "slow_clients", "Participation", "RoundPlan", "Timing",
            "label_linked_probs", "heterogeneous_probs", "FullParticipation", "UniformParticipation",
            "BernoulliParticipation", "MarkovParticipation", "CyclicParticipation",
            "AnarchicParticipation", "FixedEpochParticipation"]
@@ -41,7 +44,7 @@ __all__ = ["PARTICIPATION", "build_participation", "Participation", "RoundPlan",
 PARTICIPATION = ("full", "uniform", "bernoulli", "markov", "cyclic", "anarchic", "fixed-epoch")
 PROB_MODES = ("label-linked", "heterogeneous", "constant")
 
-_COMMON = {"local_steps", "step_time", "speed_spread", "comm_time"}
+_COMMON = {"local_steps", "step_time", "speed_spread", "comm_time", "slow_classes", "slow_factor", "slow_share"}
 _PROB = {"prob_mode", "probs", "p", "p_mean", "p_min", "alpha", "prob_spread"}
 _ALLOWED = {
     "full": _COMMON,
@@ -120,6 +123,19 @@ def _probs(name: str, num_clients: int, seed: int, label_hist: np.ndarray | None
     return label_linked_probs(hist, seed=seed, alpha=alpha, p_mean=p_mean, p_min=p_min)
 
 
+def slow_clients(label_hist: np.ndarray | None, classes, share: float = 0.5) -> np.ndarray:
+    """Bool [N]: clients whose data is at least ``share`` made of ``classes``."""
+    if label_hist is None:
+        raise ValueError("participation.slow_classes needs the clients' label histograms")
+    hist = np.asarray(label_hist, dtype=np.float64)
+    if not isinstance(classes, (list, tuple)) or not classes or \
+            not all(isinstance(c, (int, np.integer)) and 0 <= c < hist.shape[1] for c in classes):
+        raise ValueError(f"participation.slow_classes must be a non-empty list of class ids in 0..{hist.shape[1] - 1}, "
+                         f"got {classes!r}")
+    frac = hist[:, list(classes)].sum(1) / np.maximum(hist.sum(1), 1)
+    return frac >= share
+
+
 def build_participation(name: str, num_clients: int, *, seed: int,
                         label_hist: np.ndarray | None = None, **params: Any) -> Participation:
     """Build a participation model by registry name; every parameter is validated (ValueError)."""
@@ -137,6 +153,12 @@ def build_participation(name: str, num_clients: int, *, seed: int,
     timing = Timing.heterogeneous(
         num_clients, seed, step_time=_float(params, "step_time", 0.05, 0.0, lo_open=True),
         spread=_float(params, "speed_spread", 0.0, 0.0), comm_time=_float(params, "comm_time", 0.1, 0.0))
+    if "slow_classes" in params:
+        timing = timing.slowed(slow_clients(label_hist, params["slow_classes"], _float(params, "slow_share", 0.5, 0.0, 1.0,
+                                                                                     lo_open=True)),
+                               _float(params, "slow_factor", 10.0, 1.0))
+    elif "slow_factor" in params or "slow_share" in params:
+        raise ValueError("participation.slow_factor and slow_share need participation.slow_classes")
     common = {"seed": seed, "local_steps": local_steps, "timing": timing}
     if name == "full":
         return FullParticipation(num_clients, **common)

@@ -96,6 +96,11 @@ class Timing:
         factor = np.random.default_rng([seed, _TAG_TIMING]).lognormal(0.0, spread, num_clients)
         return cls(step_time * factor, comm_time * factor)
 
+    def slowed(self, slow: np.ndarray, factor: float) -> Timing:
+        """The same timing with the clients in bool mask ``slow [N]`` ``factor`` times slower."""
+        scale = np.where(np.asarray(slow, dtype=bool), float(factor), 1.0)
+        return Timing(self.step_time * scale, self.comm_time * scale)
+
     def latency(self, clients: np.ndarray, local_steps: np.ndarray) -> np.ndarray:
         return self.step_time[clients] * local_steps + self.comm_time[clients]
 

@@ -2,7 +2,8 @@
 
 Flower's ``Strategy.start`` waits for every answer each round. ``run_rounds`` instead pushes the
 round's messages and waits only for as many answers as the strategy needs (``replies_needed``):
-all of this round's for synchronous strategies, the first ``m`` of everything in flight for AFA-CD.
+all of this round's for synchronous strategies, the first ``m`` of everything in flight for AFA-CD,
+or whatever arrives within a strategy's ``round_time`` window (FedFix-style rounds).
 Answers not yet in stay in flight and are pulled in later rounds. On fedsim's in-process grid the
 wait advances a virtual clock (``pull_until``); on any other grid it polls with wall-clock sleeps.
 """
@@ -64,7 +65,8 @@ def run_rounds(strategy, grid: Grid, arrays: ArrayRecord, *, first_round: int, l
         pushed = set(grid.push_messages(messages))
         pending |= pushed
         need = strategy.replies_needed(len(pushed), len(pending))
-        replies = wait_for(grid, pending if strategy.asynchronous else pushed, need, timeout)
+        window = getattr(strategy, "round_time", 0.0) or timeout  # a fixed window closes the round early
+        replies = wait_for(grid, pending if strategy.asynchronous else pushed, need, window)
         pending -= {m.metadata.reply_to_message_id for m in replies}
         if not strategy.asynchronous:
             if hasattr(grid, "forget"):  # a remote grid withdraws the work and drops late answers

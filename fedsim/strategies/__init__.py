@@ -1,11 +1,13 @@
 """fedsim's Flower strategies, by config name."""
 
 from .afa import AFACDStrategy, AFACSStrategy
+from .asynchronous import AsyncStrategy, DirectStrategy, FedAsyncStrategy, FedBuffStrategy, WeightedStrategy
 from .base import Cohort, FedsimStrategy
 from .dp import DPFedAvgStrategy, DPStrategy
 from .error_feedback import EF14Strategy, EF21Strategy
 from .fedau import FedAUStrategy
 from .fedavg import FedAvgStrategy
+from .repair import RepairStrategy
 
 STRATEGIES: dict[str, type[FedsimStrategy]] = {
     "fedavg": FedAvgStrategy,
@@ -16,7 +18,13 @@ STRATEGIES: dict[str, type[FedsimStrategy]] = {
     "ef14": EF14Strategy,
     "dp-fedavg": DPFedAvgStrategy,
     "dp-mf": DPStrategy,
+    "direct": DirectStrategy,
+    "weighted": WeightedStrategy,
+    "fedasync": FedAsyncStrategy,
+    "fedbuff": FedBuffStrategy,
+    "repair": RepairStrategy,
 }
 
-__all__ = ["STRATEGIES", "AFACDStrategy", "AFACSStrategy", "Cohort", "DPFedAvgStrategy", "DPStrategy", "EF14Strategy", "EF21Strategy", "FedAUStrategy",
+__all__ = ["STRATEGIES", "AFACDStrategy", "AFACSStrategy", "AsyncStrategy", "DirectStrategy", "FedAsyncStrategy",
+           "FedBuffStrategy", "RepairStrategy", "WeightedStrategy", "Cohort", "DPFedAvgStrategy", "DPStrategy", "EF14Strategy", "EF21Strategy", "FedAUStrategy",
            "FedAvgStrategy", "FedsimStrategy"]

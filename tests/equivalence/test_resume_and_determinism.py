@@ -16,19 +16,26 @@ def _rows(path):
 UNIFORM = {"name": "uniform", "clients_per_round": 4}
 
 
-@pytest.mark.parametrize("name, participation, compression", [
-    ("fedavg", UNIFORM, {}),
-    ("fedau", {"name": "markov", "p": 0.4, "markov_a": 0.3}, {}),
-    ("afa-cd", {"name": "anarchic", "p": 0.7, "max_steps": 5, "speed_spread": 1.0}, {}),
-    ("afa-cs", {"name": "anarchic", "p": 0.7, "max_steps": 5, "speed_spread": 1.0}, {}),
-    ("ef21", UNIFORM, {"name": "top-k", "density": 0.1}),      # client g_i and server g restored
-    ("ef14", UNIFORM, {"name": "rand-k", "k": 5}),             # client residuals restored
-    ("dp-mf", {"name": "fixed-epoch", "clients_per_round": 4}, {}),  # noise stream and history restored
+SLOW = {"name": "uniform", "clients_per_round": 4, "slow_classes": [0], "slow_share": 0.4, "slow_factor": 30.0}
+WINDOW = {"strategy.round_time": 1.0, "repair.iterations": 3, "repair.samples": 2, "data.alpha": 0.3}
+
+
+@pytest.mark.parametrize("name, participation, compression, extra", [
+    ("fedavg", UNIFORM, {}, {}),
+    ("fedau", {"name": "markov", "p": 0.4, "markov_a": 0.3}, {}, {}),
+    ("afa-cd", {"name": "anarchic", "p": 0.7, "max_steps": 5, "speed_spread": 1.0}, {}, {}),
+    ("afa-cs", {"name": "anarchic", "p": 0.7, "max_steps": 5, "speed_spread": 1.0}, {}, {}),
+    ("ef21", UNIFORM, {"name": "top-k", "density": 0.1}, {}),      # client g_i and server g restored
+    ("ef14", UNIFORM, {"name": "rand-k", "k": 5}, {}),             # client residuals restored
+    ("dp-mf", {"name": "fixed-epoch", "clients_per_round": 4}, {}, {}),  # noise stream and history restored
+    ("fedbuff", SLOW, {}, {**WINDOW, "strategy.buffer_size": 3}),  # a part-filled buffer restored
+    ("fedasync", SLOW, {}, WINDOW),                                # model history restored
+    ("repair", SLOW, {}, WINDOW),                                  # history and switch state restored
 ])
-def test_resume_continues_identically(tmp_path, tiny, name, participation, compression):
+def test_resume_continues_identically(tmp_path, tiny, name, participation, compression, extra):
     raw = tiny(**{"strategy.name": name, "strategy.m": 2, "participation": participation,
                   "rounds": 8, "checkpoint_every": 4, "eval_every": 1, "compression": compression,
-                  "privacy": {"mechanism": "blt"}})
+                  "privacy": {"mechanism": "blt"}, **extra})
     cfg = load_config(raw)
     straight = run_single(cfg, tmp_path / "a", progress=False)
 

@@ -1,0 +1,161 @@
+"""Asynchronous aggregation of stale answers: direct, weighted, FedAsync and FedBuff.
+
+In fedsim's round loop an asynchronous strategy does not wait for the answers it sent this round:
+a round collects ``m`` answers of everything in flight, or, with ``round_time > 0``, everything that
+arrives within a fixed window of that many (virtual) seconds, as in FedFix (Fraboni et al., arXiv
+2206.10189): every round then lasts exactly ``round_time``, whoever answers. Slow clients' answers land rounds later, computed on the model they were sent; a
+client with a job in flight is not sent another. Staleness ``tau`` is counted in rounds (server
+versions): ``tau = t - s`` for an answer sent in round ``s`` and aggregated in round ``t``. Answers of
+one round are taken in arrival order. The pure rules live in ``fedsim.core.staleness``.
+
+- ``direct``: ``x + eta * mean_i delta_i`` -- stale answers as if fresh (Wang & Gao's "unweighted").
+- ``weighted``: ``x + eta * mean_i s(tau_i) delta_i`` (Wang & Gao's "weighted" uses exponential
+  ``s = 2^(-tau/20)``: ``staleness_fn = "exponential"``, ``staleness_a = ln 2 / 20``).
+- ``fedasync``: per answer ``x <- (1 - alpha s(tau)) x + alpha s(tau) (x_s + delta)`` (Xie et al.,
+  arXiv 1903.03934, Alg. 1). Clients run plain local SGD (no proximal term, i.e. rho = 0).
+- ``fedbuff``: ``buf += s(tau) delta``; every ``buffer_size`` answers ``x <- x + eta * buf / K``;
+  answers staler than ``max_staleness`` (if > 0) are dropped (Nguyen et al., arXiv 2106.06639,
+  Alg. 1). A partly filled buffer carries over to later rounds (and checkpoints).
+
+FedAsync and repair (``fedsim.strategies.repair``) need the model each answer was computed on: the
+server keeps those versions in a bounded ``ModelHistory``, saved with the strategy state.
+"""
+
+from __future__ import annotations
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.serverapp import Grid
+
+from ..core import staleness as S
+from ..core.history import ModelHistory
+from .base import Cohort, FedsimStrategy
+
+
+class AsyncStrategy(FedsimStrategy):
+    asynchronous = True
+    uses_history = False  # keep the global model of every version still in flight
+
+    def __init__(self, participation, *, m: int = 10, round_time: float = 0.0, history: int = 64,
+                 staleness_fn: str = "polynomial", staleness_a: float = 0.5, staleness_b: float = 4.0, **kw):
+        super().__init__(participation, **kw)
+        if m < 1 or round_time < 0:
+            raise ValueError(f"need strategy.m >= 1 and strategy.round_time >= 0, got {m}, {round_time}")
+        self.m, self.round_time = m, float(round_time)
+        self.staleness_fn = (staleness_fn, float(staleness_a), float(staleness_b))
+        self.weight(torch.zeros(1))  # validates the staleness function now, not at the first stale answer
+        self.history = ModelHistory(history)
+
+    def replies_needed(self, pushed: int, in_flight: int) -> int:
+        if self.round_time > 0:  # more than can come: the round lasts its whole window
+            return in_flight + 1
+        return min(self.m, in_flight)
+
+    def weight(self, tau: torch.Tensor) -> torch.Tensor:
+        kind, a, b = self.staleness_fn
+        return S.staleness_weight(kind, tau, a=a, b=b)
+
+    @staticmethod
+    def staleness(server_round: int, cohort: Cohort) -> torch.Tensor:
+        return server_round - cohort.model_round
+
+    def base_models(self, params: torch.Tensor, cohort: Cohort) -> tuple[list[torch.Tensor], int]:
+        """The model each answer was computed on (the current one where history has lost it) and
+        how many were lost."""
+        found = [self.history.get(int(s)) for s in cohort.model_round.tolist()]
+        return [params if x is None else x for x in found], sum(x is None for x in found)
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        if self.uses_history and messages:
+            self.history.record(server_round, self.params)
+        return messages
+
+    def aggregate_train(self, server_round: int, replies):
+        try:
+            return super().aggregate_train(server_round, replies)
+        finally:
+            self.history.retain(set(self.in_flight.values()))
+
+    def init_state(self, dim: int) -> None:
+        self.history = ModelHistory(self.history.limit)
+
+    def algorithm_state(self) -> dict:
+        return {"history": self.history.state_dict()}
+
+    def load_algorithm_state(self, state: dict) -> None:
+        self.history.load_state_dict(state["history"])
+
+
+class DirectStrategy(AsyncStrategy):
+    name = "direct"
+
+    def server_update(self, server_round: int, params: torch.Tensor, cohort: Cohort):
+        return S.direct(params, cohort.updates, self.server_lr), {}
+
+
+class WeightedStrategy(AsyncStrategy):
+    name = "weighted"
+
+    def server_update(self, server_round: int, params: torch.Tensor, cohort: Cohort):
+        w = self.weight(self.staleness(server_round, cohort))
+        metrics = {"staleness/mean_weight": float(w.mean())} if w.numel() else {}
+        return S.weighted(params, cohort.updates, w, self.server_lr), metrics
+
+
+class FedAsyncStrategy(AsyncStrategy):
+    name = "fedasync"
+    uses_history = True
+
+    def __init__(self, participation, *, mixing: float = 0.6, **kw):
+        super().__init__(participation, **kw)
+        if not 0 < mixing <= 1:
+            raise ValueError(f"strategy.mixing (FedAsync alpha) must be in (0, 1], got {mixing}")
+        self.mixing = mixing
+
+    def server_update(self, server_round: int, params: torch.Tensor, cohort: Cohort):
+        bases, missed = self.base_models(params, cohort)
+        if not bases:
+            return params.clone(), {}
+        models = torch.stack(bases) + cohort.updates
+        alphas = self.mixing * self.weight(self.staleness(server_round, cohort))
+        return S.fedasync_mix(params, models, alphas), {"fedasync/mean_alpha": float(alphas.mean()),
+                                                        "staleness/history_misses": missed}
+
+
+class FedBuffStrategy(AsyncStrategy):
+    name = "fedbuff"
+
+    def __init__(self, participation, *, buffer_size: int = 10, max_staleness: int = 0, **kw):
+        super().__init__(participation, **kw)
+        if buffer_size < 1 or max_staleness < 0:
+            raise ValueError(f"need strategy.buffer_size >= 1 and max_staleness >= 0, got {buffer_size}, {max_staleness}")
+        self.buffer_size, self.max_staleness = buffer_size, max_staleness
+
+    def init_state(self, dim: int) -> None:
+        super().init_state(dim)
+        self.buffer, self.count = torch.zeros(dim), 0
+
+    def server_update(self, server_round: int, params: torch.Tensor, cohort: Cohort):
+        tau = self.staleness(server_round, cohort)
+        weights = self.weight(tau).tolist()
+        buf, count, flushes, dropped = self.buffer, self.count, 0, 0
+        for delta, t, w in zip(cohort.updates, tau.tolist(), weights):
+            if self.max_staleness and t > self.max_staleness:
+                dropped += 1
+                continue
+            buf, count = S.fedbuff_add(buf, count, delta, w)
+            if count == self.buffer_size:
+                params, buf, count, flushes = S.fedbuff_flush(params, buf, count, self.server_lr), \
+                    torch.zeros_like(buf), 0, flushes + 1
+        self.buffer, self.count = buf, count
+        return params.clone(), {"fedbuff/flushes": flushes, "fedbuff/dropped": dropped, "fedbuff/buffered": count}
+
+    def algorithm_state(self) -> dict:
+        return {**super().algorithm_state(), "buffer": self.buffer, "count": self.count}
+
+    def load_algorithm_state(self, state: dict) -> None:
+        super().load_algorithm_state(state)
+        if state["buffer"].shape != self.buffer.shape:
+            raise ValueError(f"FedBuff buffer has shape {tuple(state['buffer'].shape)}, expected {tuple(self.buffer.shape)}")
+        self.buffer, self.count = state["buffer"].clone(), int(state["count"])

@@ -1,0 +1,114 @@
+"""Staleness repair by gradient inversion as a Flower strategy (Wang & Gao, arXiv 2309.13536).
+
+Aggregates like ``direct`` (``x + eta * mean_i delta_i``), but each answer at least
+``repair.min_staleness`` rounds stale is first replaced by its repaired estimate
+(``fedsim.staleness.repair``: invert the update at the model it was computed on, replay the
+estimated data from the current model). The server needs the architecture (a model instance; its
+weights are unused), the input shape and the box of valid inputs, and keeps the models of the
+versions still in flight (bounded ``ModelHistory``). An answer whose version the history has lost
+is aggregated as it is and counted in ``staleness/history_misses``.
+
+State saved with the strategy: the history, whether the server has switched back to plain
+aggregation, the run of declines, and the repair counters. The inversion is seeded per
+(run seed, round, client), so a resumed run repeats it exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import RepairConfig
+from ..core import staleness as S
+from ..core.params import ParamSpec
+from ..local.reference import job_seed
+from ..staleness import repair_update
+from .asynchronous import AsyncStrategy
+from .base import Cohort
+
+_REPAIR_TAG = 0x5E9A12
+
+
+class RepairStrategy(AsyncStrategy):
+    name = "repair"
+    uses_history = True
+
+    def __init__(self, participation, *, model: nn.Module, input_shape: tuple, box: tuple[float, float] | None = None,
+                 repair: dict | RepairConfig | None = None, **kw):
+        super().__init__(participation, **kw)
+        self.settings = repair if isinstance(repair, RepairConfig) else RepairConfig(**(repair or {}))
+        self.model, self.input_shape, self.box = model, tuple(input_shape), box
+        self._reset_counters()
+
+    def _reset_counters(self) -> None:
+        self.switched_at = 0   # round in which the server went back to plain aggregation (0 = not yet)
+        self.declines = 0      # "estimated" policy: repaired updates declined in a row
+        self.repairs = self.used = 0
+        self.seconds = 0.0
+
+    def init_state(self, dim: int) -> None:
+        super().init_state(dim)
+        if ParamSpec.of(self.model) != self.spec:
+            raise ValueError("repair: the model given to the strategy does not match the global model's layout")
+        self._reset_counters()
+
+    def server_update(self, server_round: int, params: torch.Tensor, cohort: Cohort):
+        cfg = self.settings
+        if cfg.switch == "round" and not self.switched_at and server_round > cfg.switch_round:
+            self.switched_at = server_round
+        tau = self.staleness(server_round, cohort)
+        bases, _ = self.base_models(params, cohort)
+        rows, stats, missed = [], [], 0
+        for i, (cid, delta) in enumerate(zip(cohort.clients.tolist(), cohort.updates)):
+            if int(tau[i]) < cfg.min_staleness or self.switched_at:
+                rows.append(delta)
+                continue
+            if self.history.get(int(cohort.model_round[i])) is None:
+                missed += 1
+                rows.append(delta)
+                continue
+            rep = self._repair_one(server_round, cid, bases[i], params, delta, cohort, i)
+            rows.append(rep.update)
+            stats.append(rep)
+            self._count(server_round, rep)
+        new = S.direct(params, torch.stack(rows) if rows else cohort.updates, self.server_lr)
+        metrics = {"repair/switched": int(bool(self.switched_at)), "staleness/history_misses": missed,
+                   "repair/count": len(stats), "repair/used": sum(r.used for r in stats)}
+        if stats:
+            metrics.update({"time/repair_seconds": sum(r.seconds for r in stats),
+                            "repair/residual": sum(r.residual for r in stats) / len(stats),
+                            "repair/drift": sum(r.drift for r in stats) / len(stats)})
+        return new, metrics
+
+    def _repair_one(self, server_round, cid, base, params, delta, cohort: Cohort, i: int):
+        cfg = self.settings
+        n_i = float(cohort.num_examples[i])
+        # a full-batch client (batch >= its data) is replayed full-batch on the synthetic set
+        batch = cfg.samples if self.batch_size >= n_i else self.batch_size
+        gen = torch.Generator().manual_seed(job_seed(self.seed ^ _REPAIR_TAG, server_round, cid))
+        return repair_update(self.model, self.spec, base, params, delta, local_steps=int(cohort.local_steps[i]),
+                             lr=self.local_lr, batch_size=batch, settings=cfg, input_shape=self.input_shape,
+                             gen=gen, box=self.box, margin=cfg.margin if cfg.switch == "estimated" else None)
+
+    def _count(self, server_round: int, rep) -> None:
+        self.repairs += 1
+        self.used += int(rep.used)
+        self.seconds += rep.seconds
+        if self.settings.switch == "estimated":
+            self.declines = 0 if rep.used else self.declines + 1
+            if self.declines >= self.settings.patience:
+                self.switched_at = server_round
+
+    def summary_extra(self) -> dict:
+        return {"repairs": self.repairs, "repairs_used": self.used,
+                "repair_seconds_mean": self.seconds / self.repairs if self.repairs else 0.0,
+                "repair_switched_round": self.switched_at}
+
+    def algorithm_state(self) -> dict:
+        return {**super().algorithm_state(), "switched_at": self.switched_at, "declines": self.declines,
+                "repairs": self.repairs, "used": self.used, "seconds": self.seconds}
+
+    def load_algorithm_state(self, state: dict) -> None:
+        super().load_algorithm_state(state)
+        self.switched_at, self.declines = int(state["switched_at"]), int(state["declines"])
+        self.repairs, self.used, self.seconds = int(state["repairs"]), int(state["used"]), float(state["seconds"])
