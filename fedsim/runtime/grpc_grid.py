@@ -128,17 +128,24 @@ class GrpcGrid(RunGrid):
         return self.pull_until(ids, len(ids), timeout=timeout)
 
     # --- waiting ---------------------------------------------------------------------------------
-    def pull_until(self, message_ids: Iterable[str], min_replies: int, *, timeout: float | None = None
-                   ) -> list[Message]:
+    def pull_until(self, message_ids: Iterable[str], min_replies: int, *, timeout: float | None = None,
+                   window: float | None = None) -> list[Message]:
         """Wait for ``min_replies`` answers among ``message_ids`` (see the module docstring).
 
         ``timeout`` is wall-clock seconds (default ``round_timeout``); after it, what is in comes back.
+        ``window`` ends the wait after that many seconds of the arrival clock (virtual, as in the
+        in-process grid, or wall), with whatever is due by then.
         """
         deadline = time.monotonic() + (self.round_timeout if timeout is None else timeout)
+        cap = None
+        if window is not None and self.arrival == "wall":
+            deadline = min(deadline, time.monotonic() + window)
+        elif window is not None:
+            cap = self.now + window
         with self._cond:
             wanted = [m for m in message_ids if m in self._requests]
             while True:
-                ready = self._ready(wanted, min_replies)
+                ready = self._ready(wanted, min_replies, cap)
                 if ready is not None:
                     return self._take(ready)
                 left = deadline - time.monotonic()
@@ -146,13 +153,15 @@ class GrpcGrid(RunGrid):
                     return self._take(self._late(wanted, min_replies))
                 self._cond.wait(min(left, 1.0))
 
-    def _ready(self, wanted: list[str], need: int) -> list[str] | None:
+    def _ready(self, wanted: list[str], need: int, cap: float | None = None) -> list[str] | None:
         alive = sorted((m for m in wanted if m in self._requests and (not self._requests[m].overdue
                                                                      or m in self._replies)), key=self._order)
         if self.arrival == "wall":
             got = [m for m in alive if m in self._replies]
             return got if len(got) >= min(need, len(alive)) else None
         horizon = self.now if need <= 0 or not alive else max(self.now, self._requests[alive[min(need, len(alive)) - 1]].due)
+        if cap is not None:  # a virtual window: stop at its end unless enough answers are due before
+            horizon = cap if need > len(alive) else min(horizon, cap)
         due = [m for m in alive if self._requests[m].due <= horizon]
         if all(m in self._replies for m in due):
             self.now = horizon

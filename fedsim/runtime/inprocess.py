@@ -158,12 +158,14 @@ class InProcessGrid(RunGrid):
         return self.pull_until(ids, len(ids), timeout=timeout)
 
     # --- virtual clock ---------------------------------------------------------------------------
-    def pull_until(self, message_ids: Iterable[str], min_replies: int, *, timeout: float | None = None
-                   ) -> list[Message]:
+    def pull_until(self, message_ids: Iterable[str], min_replies: int, *, timeout: float | None = None,
+                   window: float | None = None) -> list[Message]:
         """Advance the virtual clock until ``min_replies`` of ``message_ids`` have arrived.
 
-        ``timeout`` is in virtual seconds from now; answers due later stay queued.
+        ``timeout`` (or ``window``: the same here) is in virtual seconds from now; answers due later
+        stay queued, and the clock stops at the deadline.
         """
+        timeout = window if window is not None else timeout
         wanted = set(message_ids)
         deadline = None if timeout is None else self.now + timeout
         got = list(self.pull_messages(wanted))

@@ -30,11 +30,14 @@ class RoundResult:
     metrics: dict = field(default_factory=dict)
 
 
-def wait_for(grid: Grid, message_ids: set[str], need: int, timeout: float | None, poll: float = 0.05
-             ) -> list[Message]:
-    """Collect at least ``need`` answers among ``message_ids`` (fewer if ``timeout`` passes)."""
+def wait_for(grid: Grid, message_ids: set[str], need: int, timeout: float | None, poll: float = 0.05,
+             window: float | None = None) -> list[Message]:
+    """Collect at least ``need`` answers among ``message_ids`` (fewer if ``timeout`` passes, or the
+    ``window`` of the grid's arrival clock: virtual seconds on fedsim's grids, wall seconds elsewhere)."""
     if hasattr(grid, "pull_until"):
-        return grid.pull_until(message_ids, need, timeout=timeout)
+        return grid.pull_until(message_ids, need, timeout=timeout, window=window)
+    if window is not None:
+        timeout = window if timeout is None else min(timeout, window)
     got: list[Message] = []
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
@@ -65,8 +68,8 @@ def run_rounds(strategy, grid: Grid, arrays: ArrayRecord, *, first_round: int, l
         pushed = set(grid.push_messages(messages))
         pending |= pushed
         need = strategy.replies_needed(len(pushed), len(pending))
-        window = getattr(strategy, "round_time", 0.0) or timeout  # a fixed window closes the round early
-        replies = wait_for(grid, pending if strategy.asynchronous else pushed, need, window)
+        window = getattr(strategy, "round_time", 0.0) or None  # FedFix-style rounds: a fixed window
+        replies = wait_for(grid, pending if strategy.asynchronous else pushed, need, timeout, window=window)
         pending -= {m.metadata.reply_to_message_id for m in replies}
         if not strategy.asynchronous:
             if hasattr(grid, "forget"):  # a remote grid withdraws the work and drops late answers
