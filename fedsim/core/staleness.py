@@ -4,15 +4,15 @@ Staleness ``tau = t - s`` is counted in server model versions: an answer compute
 version (round) ``s`` and aggregated in round ``t``. Sign convention: ``delta = y - x_s``, the client's
 model after local training minus the model it started from.
 
-* Staleness functions (FedAsync, Xie, Koyejo, Gupta 2019, arXiv 1903.03934, Sec. 5.2 / Remark 1;
-  participation-and-async.md §5.1): ``constant`` s = 1; ``polynomial`` s = (tau + 1)^(-a);
+* Staleness functions (FedAsync, Xie, Koyejo, Gupta 2019, arXiv 1903.03934, the s(t - tau) choices
+  of its experiments; participation-and-async.md §5.1): ``constant`` s = 1; ``polynomial`` s = (tau + 1)^(-a);
   ``hinge`` s = 1 if tau <= b else 1 / (a (tau - b) + 1); ``exponential`` s = exp(-a tau)
   (Wang & Gao's "weighted" baseline 2^(-tau/20) is exponential with a = ln 2 / 20).
 * ``direct`` -- aggregate stale updates as if fresh: ``x + eta * mean_i delta_i`` (the "unweighted"
   baseline of Wang & Gao, arXiv 2309.13536).
 * ``weighted`` -- ``x + eta * mean_i s(tau_i) delta_i`` (the "weighted" baseline: each stale update is
   scaled down, the mean still counts it as one update).
-* ``fedasync_mix`` -- FedAsync's server rule, Alg. 1 / eq. (2): ``x <- (1 - alpha_t) x + alpha_t y``
+* ``fedasync_mix`` -- FedAsync's server rule (Alg. 1): ``x <- (1 - alpha_t) x + alpha_t y``
   with ``alpha_t = alpha * s(tau)``, applied once per answer in arrival order.
 * ``fedbuff_add`` / ``fedbuff_flush`` -- FedBuff (Nguyen et al., AISTATS 2022, arXiv 2106.06639,
   Alg. 1): ``buf += s(tau) delta``; after ``K`` answers ``x <- x + eta * buf / K``; answers staler

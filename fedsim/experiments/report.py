@@ -69,3 +69,24 @@ def comparison_table(summaries: dict[str, dict]) -> str:
                      if "final_accuracy_stale_classes" in s else " — |")
         lines.append(line)
     return "\n".join(lines)
+
+
+def budget_table(runs: dict[str, list[dict]], budgets: list[float]) -> str:
+    """Overall and slow-class accuracy of each run at fixed virtual-time budgets (the last evaluation
+    within each budget), and the virtual time at which the slow-class accuracy first reached half
+    of the best any run attained."""
+    evals = {arm: [r for r in rows if r.get("accuracy") is not None] for arm, rows in runs.items()}
+    best = max((r.get("accuracy_stale_classes") or 0.0) for rows in evals.values() for r in rows)
+    target = round(best / 2, 2)
+    head = "| arm | " + " | ".join(f"t ≤ {b:g}: overall / slow classes" for b in budgets) + \
+        f" | time to slow-class accuracy {target:g} |"
+    lines = [head, "|" + "---|" * (len(budgets) + 2)]
+    for arm, rows in evals.items():
+        cells = []
+        for b in budgets:
+            last = [r for r in rows if r["virtual_time"] <= b + 1e-9]
+            cells.append("—" if not last else f"{last[-1]['accuracy']:.3f} / {last[-1].get('accuracy_stale_classes') or 0:.3f}")
+        hit = [r["virtual_time"] for r in rows if (r.get("accuracy_stale_classes") or 0) >= target]
+        lines.append(f"| {arm} | " + " | ".join(cells) + f" | {hit[0]:.0f} |" if hit else
+                     f"| {arm} | " + " | ".join(cells) + " | not reached |")
+    return "\n".join(lines)

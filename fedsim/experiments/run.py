@@ -25,7 +25,7 @@ from ..local.evaluate import evaluate_classes
 from ..runtime.inprocess import InProcessGrid
 from ..runtime.loop import RoundResult, run_rounds
 from .progress import Progress
-from .report import comparison_table, plot_curves, read_rows
+from .report import budget_table, comparison_table, plot_curves, read_rows
 from .setup import load_client_data, make_handler, make_model, make_strategy
 
 CHECKPOINT_VERSION = 1
@@ -48,9 +48,13 @@ def run_config(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, 
     summaries = {arm: run_single(arm_cfg, out / arm, resume=resume, progress=progress, label=arm)
                  for arm, arm_cfg in arms.items()}
     table = comparison_table(summaries)
+    runs = {arm: read_rows(out / arm / "metrics.jsonl") for arm in arms}
+    if any("final_accuracy_stale_classes" in s for s in summaries.values()):  # slow clients: accuracy vs time
+        horizon = max(s["virtual_time"] for s in summaries.values())
+        table += "\n\n" + budget_table(runs, [round(horizon * q, 1) for q in (0.25, 0.5, 0.75, 1.0)])
     (out / "comparison.md").write_text(f"# {cfg.name}\n\n{cfg.description}\n\n{table}\n")
     (out / "comparison.json").write_text(json.dumps(summaries, indent=2))
-    plot_curves({arm: read_rows(out / arm / "metrics.jsonl") for arm in arms}, out / "curves.png", cfg.name)
+    plot_curves(runs, out / "curves.png", cfg.name)
     echo(table)
     return summaries
 

@@ -1,7 +1,8 @@
 """Staleness repair by gradient inversion.
 
 Wang & Gao, "Tackling the Unlimited Staleness in Federated Learning with Intertwined Data and Device
-Heterogeneities", arXiv 2309.13536 (AAAI 2025), Sec. 4 (Fig. 3, eqs. 3-5); participation-and-async.md §4.
+Heterogeneities", arXiv 2309.13536 (AAAI 2025): the method as specified in participation-and-async.md
+§4.1 (the paper's own text was not available offline, so no equation numbers are cited here).
 When client i's update ``d_stale = y_i - x_s``, computed on the old global model ``x_s``, arrives in
 round ``t`` (staleness ``tau = t - s >= 1``), the server
 

@@ -210,3 +210,17 @@ def test_runs_report_accuracy_on_the_slow_clients_classes_and_repair_cost(tmp_pa
     summary = run_single(load_config(_slow_raw(tiny, "repair", **{"eval_every": 5})), tmp_path, progress=False)
     assert 0 <= summary["final_accuracy_stale_classes"] <= 1
     assert summary["repairs"] > 0 and summary["repair_seconds_mean"] > 0
+
+
+def test_budget_table_reads_accuracy_at_fixed_virtual_times():
+    from fedsim.experiments.report import budget_table
+
+    def rows(stale):
+        return [{"round": i, "virtual_time": float(i), "accuracy": 0.1 * i, "accuracy_stale_classes": a}
+                for i, a in enumerate(stale, start=1)]
+
+    table = budget_table({"fast": rows([0.2, 0.6, 0.8]), "slow": rows([0.0, 0.1, 0.3])}, [2, 3])
+    lines = table.splitlines()
+    assert "time to slow-class accuracy 0.4" in lines[0]
+    assert lines[2] == "| fast | 0.200 / 0.600 | 0.300 / 0.800 | 2 |"
+    assert lines[3] == "| slow | 0.200 / 0.100 | 0.300 / 0.300 | not reached |"
