@@ -299,8 +299,8 @@ def validate(cfg: ExperimentConfig) -> None:
     need(cfg.client.workers >= 0, "client.workers", f"must be >= 0 (0 = one per CPU core), got {cfg.client.workers}")
     need(cfg.client.device in DEVICES, "client.device",
          f"must be one of {', '.join(DEVICES)}; got '{cfg.client.device}'")
-    need(cfg.client.workers == 1 or cfg.client.device == "cpu", "client.workers",
-         f"must be 1 with client.device = '{cfg.client.device}' (worker processes split CPU training)")
+    need(cfg.client.workers == 1 or cfg.client.device != "cuda", "client.workers",
+         "must be 1 with client.device = 'cuda' (worker processes split CPU training)")
     need(cfg.strategy.name in STRATEGIES, "strategy.name",
          f"must be one of {', '.join(STRATEGIES)}; got '{cfg.strategy.name}'")
     need(cfg.strategy.server_lr > 0, "strategy.server_lr", "must be > 0")

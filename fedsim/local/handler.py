@@ -55,8 +55,10 @@ class ClientHandler:
         self.device = resolve_device(device)
         self.workers = resolve_workers(workers)
         if self.workers > 1 and self.device.type != "cpu":
-            raise ValueError(f"client.workers = {workers} splits CPU training over processes; with client.device "
-                             f"'{self.device.type}' use client.workers = 1")
+            if device != "auto":
+                raise ValueError(f"client.workers = {workers} splits CPU training over processes; with "
+                                 f"client.device '{device}' use client.workers = 1")
+            self.workers = 1  # auto found an accelerator: the cohort trains there, in this process
         self.model = model.to(self.device)
         self.trainer = trainer
         self.spec = ParamSpec.of(model)
