@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import math
 
-import dp_accounting
-from dp_accounting import pld, rdp
+# dp_accounting (and the scipy.stats / scipy.signal it loads: ~1-2.5 s) is imported when first used,
+# so runs without DP do not pay for it at start-up.
 
 ACCOUNTANTS = ("rdp", "pld")
 
@@ -34,6 +34,8 @@ def dp_event(noise_multiplier: float, steps: int = 1, sampling: float = 1.0,
         raise ValueError(f"sampling must be in (0, 1], got {sampling}")
     if int(steps) != steps or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps}")
+    import dp_accounting
+
     if correlated:
         if sampling < 1:
             raise ValueError("correlated (matrix-factorization) noise gets no amplification by "
@@ -50,6 +52,8 @@ def _epsilon(event: dp_accounting.DpEvent, delta: float, accountant: str,
     """ε of an event; PLD uses pessimistic discretisation (an upper bound at any interval)."""
     if not 0 < delta < 1:
         raise ValueError(f"delta must be in (0, 1), got {delta}")
+    from dp_accounting import pld, rdp
+
     if accountant == "rdp":
         acc = rdp.RdpAccountant()
     elif accountant == "pld":
