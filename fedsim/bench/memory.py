@@ -55,6 +55,7 @@ class PeakMemory:
         self.interval = interval
         self.peak_pss = self.peak_rss = self.peak_processes = self.samples = 0
         self.pss_everywhere = True
+        self.peak_breakdown: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="fedsim-bench-memory", daemon=True)
 
@@ -67,16 +68,19 @@ class PeakMemory:
         self._thread.join()
 
     def sample(self) -> None:
-        pss = rss = n = 0
+        pss = rss = 0
+        each = {}
         for pid in self.pids():
             mem = process_memory(pid)
             if mem is None:
                 continue
-            pss, rss, n = pss + mem[0], rss + mem[1], n + 1
+            pss, rss, each[pid] = pss + mem[0], rss + mem[1], mem[0]
             self.pss_everywhere &= mem[2]
         self.samples += 1
-        self.peak_pss, self.peak_rss = max(self.peak_pss, pss), max(self.peak_rss, rss)
-        self.peak_processes = max(self.peak_processes, n)
+        if pss > self.peak_pss:
+            self.peak_pss, self.peak_breakdown = pss, _by_name(each)
+        self.peak_rss = max(self.peak_rss, rss)
+        self.peak_processes = max(self.peak_processes, len(each))
 
     def _loop(self) -> None:
         while True:
@@ -92,4 +96,18 @@ class PeakMemory:
         return {"metric": metric, "peak_mib": round((self.peak_pss if metric == "pss" else self.peak_rss) / MIB, 1),
                 "peak_pss_mib": round(self.peak_pss / MIB, 1) if metric == "pss" else None,
                 "peak_rss_sum_mib": round(self.peak_rss / MIB, 1), "peak_processes": self.peak_processes,
-                "samples": self.samples}
+                "samples": self.samples, "at_peak_mib": self.peak_breakdown}
+
+
+def _by_name(each: dict[int, int]) -> dict[str, float]:
+    """MiB per process name (``/proc/<pid>/comm``; "name xN" when N processes share it), largest first."""
+    groups: dict[str, list[int]] = {}
+    for pid, size in each.items():
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                name = f.read().strip()
+        except OSError:
+            name = "?"
+        groups.setdefault(name, []).append(size)
+    named = {(f"{k} x{len(v)}" if len(v) > 1 else k): round(sum(v) / MIB, 1) for k, v in groups.items()}
+    return dict(sorted(named.items(), key=lambda kv: -kv[1]))

@@ -136,9 +136,9 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _living_parents() -> dict[int, int]:
-    """``{pid: parent pid}`` of every living process (Linux /proc; empty elsewhere)."""
-    parent: dict[int, int] = {}
+def _living_parents() -> dict[int, tuple[int, str]]:
+    """``{pid: (parent pid, start time)}`` of every living process (Linux /proc; empty elsewhere)."""
+    parent: dict[int, tuple[int, str]] = {}
     try:
         entries = os.listdir("/proc")
     except OSError:
@@ -152,35 +152,30 @@ def _living_parents() -> dict[int, int]:
         except (OSError, IndexError):
             continue
         if fields[0] != "Z":
-            parent[int(entry)] = int(fields[1])
+            parent[int(entry)] = (int(fields[1]), fields[19])
     return parent
 
 
-def _descendants(roots: set[int], parent: dict[int, int] | None = None) -> set[int]:
+def _descendants(roots: set[int], table: dict[int, tuple[int, str]] | None = None) -> set[int]:
     """PIDs of every living process below ``roots``."""
-    parent = _living_parents() if parent is None else parent
+    table = _living_parents() if table is None else table
     found, frontier = set(), set(roots)
     while frontier:
-        frontier = {pid for pid, ppid in parent.items() if ppid in frontier and pid not in found}
+        frontier = {pid for pid, (ppid, _) in table.items() if ppid in frontier and pid not in found}
         found |= frontier
     return found
 
 
-_TAGGED: dict[tuple[int, str], bool] = {}  # (pid, start time) -> environment holds the tag being asked about
+_TAGGED: dict[tuple[int, str], bool] = {}  # (pid, start time + tag) -> the environment holds the tag
 
 
-def tagged(tag: str, pids=None) -> set[int]:
+def tagged(tag: str, table: dict[int, tuple[int, str]] | None = None) -> set[int]:
     """Living processes whose environment holds ``FEDSIM_BENCH_TAG=tag`` (only processes of this user
     can be read). Environments are read once per process (cached by pid and start time)."""
     needle = f"{TAG_VAR}={tag}".encode()
-    pids = _living_parents() if pids is None else pids
+    table = _living_parents() if table is None else table
     found = set()
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                start = f.read().rsplit(")", 1)[1].split()[19]
-        except (OSError, IndexError):
-            continue
+    for pid, (_, start) in table.items():
         key = (pid, start + tag)
         if key not in _TAGGED:
             try:
@@ -196,8 +191,8 @@ def tagged(tag: str, pids=None) -> set[int]:
 def tree_pids(roots: set[int], tag: str | None = None) -> set[int]:
     """``roots`` (those alive), their descendants and, with ``tag``, every tagged process and its
     descendants."""
-    parent = _living_parents()
-    top = {pid for pid in roots if pid in parent}
+    table = _living_parents()
+    top = {pid for pid in roots if pid in table}
     if tag is not None:
-        top |= tagged(tag, parent)
-    return top | _descendants(top, parent)
+        top |= tagged(tag, table)
+    return top | _descendants(top, table)

@@ -278,16 +278,13 @@ def _run_flower(config: Path, population: int, app: str | None, out: Path, timeo
     with Processes(out, env) as procs:
         try:
             r = _measured(procs, "flwr-run", cmd, out, timeout, cwd=app_dir)
-        except BenchError as exc:  # flwr run streams the run's log; the SuperLink logs to FLWR_HOME
-            raise BenchError(f"{exc}\n{_superlink_log(out / 'flwr-home')}") from None
-    if not (out / "summary.json").exists():
-        raise BenchError("`flwr run` exited but the ServerApp wrote no summary.json; " + procs.tail("flwr-run"))
+            if not (out / "summary.json").exists():
+                raise BenchError("`flwr run` exited but the ServerApp wrote no summary.json")
+        except BenchError as exc:  # `flwr run --stream` shows the run's log, tracebacks included
+            if "flwr-run" in str(exc):
+                raise
+            raise BenchError(f"{exc}; " + procs.tail("flwr-run", 12)) from None
     return {**r, "steps": _steps(out, local_steps)}
-
-
-def _superlink_log(home: Path) -> str:
-    logs = sorted(home.rglob("*.log")) if home.exists() else []
-    return "\n".join(f"{p}: ...{p.read_text(errors='replace')[-1500:]}" for p in logs[:2])
 
 
 def _steps(out: Path, local_steps: int) -> int:

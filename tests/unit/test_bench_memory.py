@@ -49,6 +49,7 @@ def test_peak_memory_of_a_child_and_its_detached_grandchild(tmp_path):
     assert r["peak_processes"] == 2
     assert 224 <= r["peak_mib"] <= 224 + 80, r
     assert r["peak_rss_sum_mib"] >= r["peak_mib"] - 1
+    assert sum(r["at_peak_mib"].values()) == pytest.approx(r["peak_mib"], abs=0.5)  # per process name
 
 
 def test_process_memory_of_this_process_and_of_a_gone_one(tmp_path):
