@@ -5,12 +5,17 @@ proportional set size (PSS: shared pages divided among the processes sharing the
 forked workers or Ray's processes are not counted several times) and the resident set size (RSS)
 from ``/proc/<pid>/smaps_rollup``. Where smaps_rollup cannot be read (older kernels, other users'
 processes) the RSS from ``/proc/<pid>/status`` is used for both and ``metric`` says ``"rss"``.
-A peak between two samples (default every 0.2 s) can be missed.
+Reading smaps_rollup walks each process's page tables, which costs ~3 ms of CPU per large process
+(a Ray worker with torch loaded), so the sampler waits at least 20x what its last sample cost
+(``max_cpu_share``: at most 5% of one core) and at least ``interval`` (0.2 s) between samples:
+about 0.2 s for fedsim's 1-3 processes, about 1 s for Flower's 13-15. A peak shorter than that can
+be missed; ``samples`` and ``sampler_cpu_s`` are reported.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 MIB = 1024 * 1024
@@ -50,9 +55,11 @@ class PeakMemory:
         mem.result()  # {"metric": "pss", "peak_pss_mib": ..., "peak_rss_mib": ..., "peak_processes": ...}
     """
 
-    def __init__(self, pids: Callable[[], set[int]], interval: float = 0.2):
+    def __init__(self, pids: Callable[[], set[int]], interval: float = 0.2, max_cpu_share: float = 0.05):
         self.pids = pids
         self.interval = interval
+        self.max_cpu_share = max_cpu_share
+        self.cpu_s = 0.0
         self.peak_pss = self.peak_rss = self.peak_processes = self.samples = 0
         self.pss_everywhere = True
         self.peak_breakdown: dict[str, float] = {}
@@ -84,11 +91,14 @@ class PeakMemory:
 
     def _loop(self) -> None:
         while True:
+            cpu = time.thread_time()
             try:
                 self.sample()
             except Exception:  # noqa: BLE001 - a process vanishing mid-scan must not end the sampling
                 pass
-            if self._stop.wait(self.interval):
+            cost = time.thread_time() - cpu
+            self.cpu_s += cost
+            if self._stop.wait(max(self.interval, cost / self.max_cpu_share)):
                 break
 
     def result(self) -> dict:
@@ -96,7 +106,7 @@ class PeakMemory:
         return {"metric": metric, "peak_mib": round((self.peak_pss if metric == "pss" else self.peak_rss) / MIB, 1),
                 "peak_pss_mib": round(self.peak_pss / MIB, 1) if metric == "pss" else None,
                 "peak_rss_sum_mib": round(self.peak_rss / MIB, 1), "peak_processes": self.peak_processes,
-                "samples": self.samples, "at_peak_mib": self.peak_breakdown}
+                "samples": self.samples, "sampler_cpu_s": round(self.cpu_s, 3), "at_peak_mib": self.peak_breakdown}
 
 
 def _by_name(each: dict[int, int]) -> dict[str, float]:

@@ -22,7 +22,7 @@ Every arm is a fresh process tree, so "time to first round" (start of its first 
 round 1) includes interpreter start, imports and data loading; "steady round" is the median of the
 later rounds; "end to end" runs to the exit of the arm's process (for Flower, of ``flwr run --stream``).
 Peak memory is the peak of the summed PSS (or RSS where PSS is unreadable) over the arm's process tree
-(see ``memory.py``), sampled every 0.2 s. Every process runs in its own session and is stopped by
+(see ``memory.py``), sampled every 0.2-1 s. Every process runs in its own session and is stopped by
 PID / process group on exit, error or Ctrl-C (``processes.py``).
 """
 
