@@ -163,11 +163,17 @@ class WorkerPool:
         plan = lpt([job_cost(j) for j in jobs], self.size)
         self._global.tensor.copy_(global_params.detach().to("cpu", torch.float32))
         busy = {}
-        for w, share in zip(self._workers, plan):
-            if share:
-                self._send(w, [jobs[i] for i in share])
-                busy[w.rank] = share
-        errors = self._collect(busy, deltas, losses, jobs)
+        try:
+            for w, share in zip(self._workers, plan):
+                if share:
+                    self._send(w, [jobs[i] for i in share])
+                    busy[w.rank] = share
+            errors = self._collect(busy, deltas, losses, jobs)
+        except BaseException:  # e.g. Ctrl-C: answers still in the pipes would desynchronise the next cohort
+            if self._broken is None:
+                self._broken = "interrupted while training a cohort"
+            self._finalizer()
+            raise
         if errors:
             raise WorkerError("; ".join(errors))
         return deltas, losses

@@ -7,7 +7,7 @@ in-process grid, which assigned the partition ids itself, it reads the map in on
 (``InProcessGrid.client_table``): at N = 100,000 the QUERY round costs ~40 s and ~400 MB of Flower
 messages, the table ~2 ms and 1.6 MB.
 
-The maps are ``[N]`` int64 arrays behind a small dict-like view (``ClientMap``), 8 bytes per client.
+The maps are ``[N]`` arrays behind a small dict-like view (``ClientMap``), 9 bytes per client.
 """
 
 from __future__ import annotations
@@ -23,18 +23,17 @@ from ..runtime import protocol as P
 
 log = logging.getLogger("fedsim")
 
-MISSING = -1  # node ids are >= 2 and example counts >= 0, so -1 marks "not known"
-
-
 class ClientMap:
-    """``client id -> int`` for clients 0..N-1, stored as one int64 ``[N]`` array (MISSING = unset);
-    reads like a dict (``get``, ``[]``, ``in``, ``len``, ``values``, ``items``)."""
+    """``client id -> int`` for clients 0..N-1, stored as an ``[N]`` array plus a ``known`` mask;
+    reads like a dict (``get``, ``[]``, ``in``, ``len``, ``values``, ``items``). Node ids are Flower's
+    unsigned 64-bit integers, hence ``dtype``."""
 
-    def __init__(self, num_clients: int):
-        self.array = np.full(num_clients, MISSING, dtype=np.int64)
+    def __init__(self, num_clients: int, dtype=np.int64):
+        self.array = np.zeros(num_clients, dtype=dtype)
+        self.known = np.zeros(num_clients, dtype=bool)
 
     def __contains__(self, cid) -> bool:
-        return 0 <= int(cid) < len(self.array) and self.array[int(cid)] != MISSING
+        return 0 <= int(cid) < len(self.array) and bool(self.known[int(cid)])
 
     def get(self, cid, default=None):
         return int(self.array[int(cid)]) if cid in self else default
@@ -46,15 +45,20 @@ class ClientMap:
 
     def __setitem__(self, cid, value) -> None:
         self.array[int(cid)] = int(value)
+        self.known[int(cid)] = True
+
+    def set_all(self, values: np.ndarray) -> None:
+        self.array[:] = values
+        self.known[:] = True
 
     def __len__(self) -> int:
-        return int(np.count_nonzero(self.array != MISSING))
+        return int(np.count_nonzero(self.known))
 
     def keys(self) -> list[int]:
-        return np.flatnonzero(self.array != MISSING).tolist()
+        return np.flatnonzero(self.known).tolist()
 
     def values(self) -> list[int]:
-        return self.array[self.array != MISSING].tolist()
+        return self.array[self.known].tolist()
 
     def items(self) -> list[tuple[int, int]]:
         keys = self.keys()
@@ -64,12 +68,12 @@ class ClientMap:
 class ClientDirectory:
     def __init__(self, num_clients: int):
         self.num_clients = num_clients
-        self.node_of = ClientMap(num_clients)       # client id -> node id
+        self.node_of = ClientMap(num_clients, np.uint64)  # client id -> node id
         self.num_examples = ClientMap(num_clients)  # client id -> training examples (as the node reported)
 
     @property
     def complete(self) -> bool:
-        return bool(np.all(self.node_of.array != MISSING))
+        return bool(self.node_of.known.all())
 
     def discover(self, grid: Grid, timeout: float | None = 60.0) -> None:
         """Ask every unknown node for its partition id; fail loudly if clients are missing.
@@ -80,14 +84,15 @@ class ClientDirectory:
         """
         table = grid.client_table() if hasattr(grid, "client_table") else None
         if table is not None and len(table[0]) == self.num_clients:
-            self.node_of.array[:], self.num_examples.array[:] = table
+            self.node_of.set_all(table[0])
+            self.num_examples.set_all(table[1])
             return
         deadline = time.monotonic() + (timeout or 0.0)
         node_ids = list(grid.get_node_ids())
         while len(node_ids) < self.num_clients and time.monotonic() < deadline:
             time.sleep(0.5)
             node_ids = list(grid.get_node_ids())
-        known = np.isin(np.asarray(node_ids, dtype=np.int64), self.node_of.array)
+        known = np.isin(np.asarray(node_ids, dtype=np.uint64), self.node_of.array[self.node_of.known])
         unknown = [n for n, k in zip(node_ids, known) if not k]
         if unknown:
             msgs = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in unknown]
@@ -102,7 +107,7 @@ class ClientDirectory:
                 if "num-examples" in metrics:
                     self.num_examples[cid] = int(metrics["num-examples"])
         if not self.complete:
-            missing = np.flatnonzero(self.node_of.array == MISSING)
+            missing = np.flatnonzero(~self.node_of.known)
             raise RuntimeError(f"{missing.size} of {self.num_clients} clients are not connected "
                                f"(first missing ids: {missing[:10].tolist()})")
 

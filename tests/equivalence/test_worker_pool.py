@@ -196,3 +196,25 @@ def test_federated_run_with_two_workers_equals_one(extra):
     else:
         assert torch.allclose(strategy.params, one, atol=1e-6, rtol=0)
     assert one.abs().max() > 0.1
+
+
+def test_an_interrupted_cohort_closes_the_pool(monkeypatch):
+    """Ctrl-C while waiting: the answers still in the pipes must not be read as the next cohort's."""
+    import fedsim.local.pool as pool_module
+
+    data = Images()
+    model = build_model("logreg", (1, 28, 28), 10, seed=0)
+    spec = ParamSpec.of(model)
+    pool = WorkerPool(model, spec, data, "sequential", 2)
+    try:
+        def interrupted(*_a, **_k):
+            raise KeyboardInterrupt
+        monkeypatch.setattr(pool_module, "wait", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            pool.train(spec.flatten(model.state_dict()), JOBS)
+        monkeypatch.undo()
+        with pytest.raises(WorkerError, match="interrupted while training a cohort"):
+            pool.train(spec.flatten(model.state_dict()), JOBS)
+        assert _wait_gone(pool.pids, 5.0)
+    finally:
+        pool.close()

@@ -73,4 +73,6 @@ def test_directory_maps_are_arrays_that_read_like_dicts():
         d.node_of[0]
     with pytest.raises(ValueError, match="unknown client 9"):
         d.add(99, 9)
-    assert d.node_of.array.dtype == np.int64
+    big = 2**64 - 5  # Flower node ids are unsigned 64-bit
+    d.add(big, 0)
+    assert d.node_of[0] == big and d.node_of.array.dtype == np.uint64
