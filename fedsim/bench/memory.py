@@ -10,10 +10,16 @@ Reading smaps_rollup walks each process's page tables, which costs ~3 ms of CPU 
 (``max_cpu_share``: at most 5% of one core) and at least ``interval`` (0.2 s) between samples:
 about 0.2 s for fedsim's 1-3 processes, about 1 s for Flower's 13-15. A peak shorter than that can
 be missed; ``samples`` and ``sampler_cpu_s`` are reported.
+
+The same samples add up the CPU time (user + system) of every process seen in the tree, the last
+value read per process, so ``cpu_s`` misses at most one interval of each process that exited and
+``cpu_at(t)`` interpolates the running total: CPU seconds per round do not grow when other tenants
+load the machine the way wall seconds do.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -63,6 +69,8 @@ class PeakMemory:
         self.peak_pss = self.peak_rss = self.peak_processes = self.samples = 0
         self.pss_everywhere = True
         self.peak_breakdown: dict[str, float] = {}
+        self._ticks: dict[tuple[int, str], int] = {}  # (pid, start time) -> user + system clock ticks
+        self.cpu_series: list[tuple[float, float]] = []  # (wall time, CPU seconds of the tree so far)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="fedsim-bench-memory", daemon=True)
 
@@ -83,7 +91,11 @@ class PeakMemory:
                 continue
             pss, rss, each[pid] = pss + mem[0], rss + mem[1], mem[0]
             self.pss_everywhere &= mem[2]
+            ticks = _cpu_ticks(pid)
+            if ticks is not None:
+                self._ticks[ticks[0]] = ticks[1]
         self.samples += 1
+        self.cpu_series.append((time.time(), sum(self._ticks.values()) / _CLK_TCK))
         if pss > self.peak_pss:
             self.peak_pss, self.peak_breakdown = pss, _by_name(each)
         self.peak_rss = max(self.peak_rss, rss)
@@ -101,12 +113,36 @@ class PeakMemory:
             if self._stop.wait(max(self.interval, cost / self.max_cpu_share)):
                 break
 
+    def cpu_at(self, wall: float) -> float | None:
+        """CPU seconds the tree had used by wall-clock time ``wall`` (linear between samples)."""
+        series = self.cpu_series
+        if not series or wall < series[0][0]:
+            return None
+        for (t0, c0), (t1, c1) in zip(series, series[1:]):
+            if t0 <= wall <= t1:
+                return c0 + (c1 - c0) * (wall - t0) / max(t1 - t0, 1e-9)
+        return series[-1][1]
+
     def result(self) -> dict:
         metric = "pss" if self.pss_everywhere else "rss"
         return {"metric": metric, "peak_mib": round((self.peak_pss if metric == "pss" else self.peak_rss) / MIB, 1),
                 "peak_pss_mib": round(self.peak_pss / MIB, 1) if metric == "pss" else None,
                 "peak_rss_sum_mib": round(self.peak_rss / MIB, 1), "peak_processes": self.peak_processes,
-                "samples": self.samples, "sampler_cpu_s": round(self.cpu_s, 3), "at_peak_mib": self.peak_breakdown}
+                "samples": self.samples, "cpu_s": round(self.cpu_series[-1][1], 2) if self.cpu_series else None,
+                "sampler_cpu_s": round(self.cpu_s, 3), "at_peak_mib": self.peak_breakdown}
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _cpu_ticks(pid: int) -> tuple[tuple[int, str], int] | None:
+    """((pid, start time), user + system clock ticks) from /proc/<pid>/stat."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (pid, fields[19]), int(fields[11]) + int(fields[12])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _by_name(each: dict[int, int]) -> dict[str, float]:

@@ -235,7 +235,12 @@ def _measured(procs: Processes, name: str, cmd: list[str], out: Path, timeout: f
         p = procs.start(name, cmd, cwd=cwd)
         procs.wait(p, timeout)
         t_end = time.time()
-    return {**round_timings(out, t0, t_end), "memory": mem.result()}
+    timings = round_timings(out, t0, t_end)
+    walls = [json.loads(line)["wall_time"] for line in (out / "timing.jsonl").read_text().splitlines() if line.strip()]
+    first, last = mem.cpu_at(walls[0]), mem.cpu_at(walls[-1])
+    cpu = {"cpu_s": mem.result()["cpu_s"], "first_round_cpu_s": None if first is None else round(first, 2),
+           "steady_round_cpu_s": None if first is None or last is None else round((last - first) / (len(walls) - 1), 3)}
+    return {**timings, **cpu, "memory": mem.result()}
 
 
 def _run_floor(mode: str, k: int, out: Path, timeout: float, processes: int, *, population, rounds, local_steps,
@@ -305,7 +310,14 @@ def _median_run(runs: list[dict]) -> dict:
     mem = dict(ok[0]["memory"], peak_mib=round(statistics.median(r["memory"]["peak_mib"] for r in ok), 1))
     return {"ok": True, "error": None, "first_round_s": med("first_round_s"), "steady_round_s": med("steady_round_s"),
             "total_s": med("total_s"), "last_round_end_s": med("last_round_end_s"), "rounds": ok[0]["rounds"],
+            "cpu_s": _med_or_none(ok, "cpu_s"), "first_round_cpu_s": _med_or_none(ok, "first_round_cpu_s"),
+            "steady_round_cpu_s": _med_or_none(ok, "steady_round_cpu_s"),
             "steps": ok[0]["steps"], "memory": mem, "runs": len(runs), "each_run": runs}
+
+
+def _med_or_none(runs: list[dict], key: str):
+    values = [r[key] for r in runs if r.get(key) is not None]
+    return round(statistics.median(values), 4) if values else None
 
 
 def _ratio(a, b):
@@ -326,6 +338,8 @@ def _summarize(runs: dict[str, list], skip_flower: bool) -> dict:
               "flower_vs_fedsim": {"end_to_end": _ratio(get("flower", "total_s"), get("fedsim", "total_s")),
                                    "steady_round": _ratio(get("flower", "steady_round_s"), get("fedsim", "steady_round_s")),
                                    "first_round": _ratio(get("flower", "first_round_s"), get("fedsim", "first_round_s"))},
+              "steady_cpu_vs_floor": {a: _ratio(get(a, "steady_round_cpu_s"), get("floor", "steady_round_cpu_s"))
+                                      for a in ARMS},
               "memory_fedsim_vs_flower": _ratio(get("fedsim", "memory"), get("flower", "memory"))}
     return {**arms, "ratios": ratios}
 
@@ -358,18 +372,20 @@ def format_table(result: dict) -> str:
              f"client.workers={w['fedsim_workers'] if w['fedsim_workers'] is not None else '(no such key)'}; "
              f"{m['cpus']} CPUs, load average {m['load_avg_before'][0]:.2f} before, {m['load_avg_after'][0]:.2f} after",
              "", f"| K | arm | first round (s) | steady round (s) | end to end (s) | peak {metric} (MiB) | processes "
-                 f"| steady / floor | steady / pool |", "|---|---|---|---|---|---|---|---|---|"]
+                 f"| steady / floor | steady / pool | CPU-s first round | CPU-s / steady round |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     notes = []
     for k, r in result["results"].items():
         for arm in ARMS:
             a = r[arm]
             if not a.get("ok"):
-                lines.append(f"| {k} | {arm} | - | - | - | - | - | - | - |")
+                lines.append(f"| {k} | {arm} | - | - | - | - | - | - | - | - | - |")
                 notes.append(f"K={k} {arm}: {a['error']}")
                 continue
             lines.append(f"| {k} | {arm} | {a['first_round_s']:.2f} | {a['steady_round_s']:.3f} | {a['total_s']:.1f} | "
                          f"{a['memory']['peak_mib']:.0f} | {a['memory']['peak_processes']} | "
-                         f"{fmt(r['ratios']['steady_vs_floor'][arm])} | {fmt(r['ratios']['steady_vs_pool'][arm])} |")
+                         f"{fmt(r['ratios']['steady_vs_floor'][arm])} | {fmt(r['ratios']['steady_vs_pool'][arm])} | "
+                         f"{fmt(a.get('first_round_cpu_s'), '.1f')} | {fmt(a.get('steady_round_cpu_s'), '.2f')} |")
     lines.append("")
     for k, r in result["results"].items():
         fv = r["ratios"]["flower_vs_fedsim"]

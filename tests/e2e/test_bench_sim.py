@@ -68,6 +68,7 @@ def _check_arm(r: dict, processes_at_least: int = 1) -> None:
     assert r["steady_round_s"] > 0
     assert r["memory"]["peak_mib"] > 20 and r["memory"]["peak_processes"] >= processes_at_least
     assert r["steps"] == ROUNDS * K * LOCAL_STEPS
+    assert 0 < r["first_round_cpu_s"] <= r["cpu_s"] and r["steady_round_cpu_s"] >= 0  # the process tree's CPU time
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process tree and memory from /proc")
