@@ -128,7 +128,10 @@ def run_single(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, 
                 grid.close()
     bar.close()
     rows = read_rows(metrics_path)
-    summary = _summary(cfg, rows, time.monotonic() - t_start)
+    wall = time.monotonic() - t_start
+    if first > cfg.rounds and (out / "summary.json").exists():  # only re-summarised: keep the run's own time
+        wall = json.loads((out / "summary.json").read_text()).get("wall_seconds", wall)
+    summary = _summary(cfg, rows, wall)
     summary["runtime"] = "in-process" if isinstance(grid, InProcessGrid) else type(grid).__name__
     if hasattr(grid, "transport_stats"):  # answers the transport refused (auth, foreign, oversized, late)
         summary["transport"] = grid.transport_stats()
