@@ -5,10 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+def _pyplot():
+    """matplotlib (Agg) on first use: a run's first round should not wait ~0.3-1 s for it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -20,6 +25,7 @@ def plot_curves(runs: dict[str, list[dict]], path: Path, title: str = "") -> Non
     the accuracy on the slow clients' classes when the runs track it."""
     stale = any(r.get("accuracy_stale_classes") is not None for rows in runs.values() for r in rows)
     ylabels = ["test accuracy", "test loss"] + (["accuracy on the slow clients' classes"] if stale else [])
+    plt = _pyplot()
     fig, axes = plt.subplots(len(ylabels), 3, figsize=(15, 3.75 * len(ylabels)), squeeze=False)
     for label, rows in runs.items():
         uploaded, total = {}, 0
