@@ -24,7 +24,6 @@ from collections import Counter
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment, minimize
 
 __all__ = ["psnr", "ssim", "match", "label_accuracy", "floor_constant", "floor_psnr",
            "constant_psnr"]
@@ -81,6 +80,8 @@ def match(recon: torch.Tensor, truth: torch.Tensor) -> np.ndarray:
     With fewer reconstructions than truths, unmatched truths get ``-1``."""
     a, b = _unit(recon).flatten(1), _unit(truth).flatten(1)
     cost = torch.cdist(b, a).pow(2).numpy()  # [n_truth, n_recon]
+    from scipy.optimize import linear_sum_assignment  # scipy loads on first use (start-up time)
+
     rows, cols = linear_sum_assignment(cost)
     order = np.full(len(b), -1, dtype=np.int64)
     order[rows] = cols
@@ -117,6 +118,8 @@ def floor_constant(images: torch.Tensor) -> np.ndarray:
         v = np.clip(v, 0.0, 1.0)[:, None]
         mse = ((sq - v) ** 2).reshape(len(v), x.shape[0], per_image).mean(axis=(0, 2))
         return -float(np.mean(10 * np.log10(1.0 / np.maximum(mse, _EPS_MSE))))
+
+    from scipy.optimize import minimize
 
     res = minimize(neg_mean_psnr, start, method="Nelder-Mead",
                    options={"xatol": 1e-4, "fatol": 1e-6, "maxiter": 400})

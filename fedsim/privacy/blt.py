@@ -18,7 +18,6 @@ import time
 
 import numpy as np
 import torch
-from scipy.optimize import minimize
 
 from .dense import torch_threads
 from .patterns import ParticipationSchema
@@ -97,6 +96,8 @@ def optimize_blt(A: np.ndarray, schema: ParticipationSchema, buffers: int = 4, m
         return val.item(), g.numpy().astype(np.float64)
 
     with torch_threads(threads):
+        from scipy.optimize import minimize  # scipy loads on first use (start-up time)
+
         res = minimize(fun, x0, jac=True, method="L-BFGS-B",
                        options={"maxiter": max_iter, "ftol": 1e-15, "gtol": 1e-10})
         theta, omega = (v.detach().numpy() for v in _unpack(torch.tensor(res.x), m))

@@ -22,7 +22,6 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
-from scipy.linalg import eigh
 
 
 def _objective(M: torch.Tensor, X: torch.Tensor):
@@ -175,6 +174,8 @@ def fixed_point(A: np.ndarray, max_iter: int = 100000, tol: float = 1e-12):
     """Single-participation optimum of Denisov et al. (arXiv 2202.08312, Alg. 1): iterate
     ``v ← diag((D^½ AᵀA D^½)^½)`` with D = diag(v); X = D^−½ (D^½ AᵀA D^½)^½ D^−½ has diag 1.
     Converges linearly (≈ 140 iterations at n = 16; slow for n in the hundreds)."""
+    from scipy.linalg import eigh  # scipy loads on first use (start-up time)
+
     M = A.T @ A
     v = np.ones(len(M))
     for it in range(1, max_iter + 1):

@@ -18,7 +18,6 @@ import json
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-from scipy.linalg import solve_triangular
 
 from .patterns import ParticipationSchema
 from .sensitivity import Sensitivity, gram, sensitivity_squared, squared_for_pattern
@@ -92,6 +91,8 @@ class Factorization:
         if self.structure["kind"] == "tree":
             from .tree import tree_noise_map
             return tree_noise_map(self.steps)
+        from scipy.linalg import solve_triangular  # scipy loads on first use (start-up time)
+
         return solve_triangular(self.C, np.eye(self.steps), lower=True)
 
     def B(self) -> np.ndarray:
