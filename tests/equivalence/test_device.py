@@ -19,6 +19,18 @@ from helpers import train as train_run
 CUDA = torch.cuda.is_available()
 
 
+def _random_split(seed: int, n: int = 300):
+    """A split class of ``n`` random 28x28 images with random labels (``take(idx) -> (x, y)``)."""
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.rand(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+    class Split:
+        def take(self, idx):
+            return x[idx], y[idx]
+
+    return Split
+
+
 def test_resolve_device(monkeypatch):
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto") == torch.device("cuda" if CUDA else "cpu")
@@ -58,13 +70,7 @@ def test_workers_apply_to_cpu_training_only(monkeypatch):
 
 def test_device_path_on_cpu_matches_the_reference():
     """The handler's device path (device='cpu', vectorized trainer) against the plain reference loop."""
-    g = torch.Generator().manual_seed(0)
-    x, y = torch.rand(300, 1, 28, 28, generator=g), torch.randint(0, 10, (300,), generator=g)
-
-    class Split:
-        def take(self, idx):
-            return x[idx], y[idx]
-
+    Split = _random_split(0)
     parts = [np.arange(0, 7), np.arange(10, 90), np.arange(100, 133)]
     model = build_model("lenet", (1, 28, 28), 10, seed=0)
     spec = ParamSpec.of(model)
@@ -91,13 +97,7 @@ def test_federated_run_with_device_auto_equals_cpu_here():
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device (the GPU path is checked on CPU above)")
 @pytest.mark.parametrize("trainer", ["sequential", "vectorized"])
 def test_cuda_training_matches_the_cpu_reference(trainer):
-    g = torch.Generator().manual_seed(1)
-    x, y = torch.rand(300, 1, 28, 28, generator=g), torch.randint(0, 10, (300,), generator=g)
-
-    class Split:
-        def take(self, idx):
-            return x[idx], y[idx]
-
+    Split = _random_split(1)
     parts = [np.arange(0, 50), np.arange(50, 120), np.arange(120, 300)]
     spec = ParamSpec.of(build_model("cnn", (1, 28, 28), 10, seed=0))
     start = spec.flatten(build_model("cnn", (1, 28, 28), 10, seed=0).state_dict())

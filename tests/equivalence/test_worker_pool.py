@@ -93,12 +93,16 @@ def test_pool_matches_in_process_training_and_stops_its_workers(trainer):
     assert not torch.equal(again[0], got[0])  # it trained from the new global vector
 
 
-def test_worker_error_is_raised_with_its_traceback_and_the_pool_stays_usable():
+def _logreg_pool():
+    """A 2-worker pool of a logistic-regression model: (pool, model, spec, start vector, data)."""
     data = Images()
     model = build_model("logreg", (1, 28, 28), 10, seed=0)
     spec = ParamSpec.of(model)
-    start = spec.flatten(model.state_dict())
-    pool = WorkerPool(model, spec, data, "sequential", 2)
+    return WorkerPool(model, spec, data, "sequential", 2), model, spec, spec.flatten(model.state_dict()), data
+
+
+def test_worker_error_is_raised_with_its_traceback_and_the_pool_stays_usable():
+    pool, model, spec, start, data = _logreg_pool()
     try:
         bad = Job(9, torch.arange(0), 2, 0.1, 8, 1)  # no data: the trainer refuses
         with pytest.raises(WorkerError, match=r"worker \d \(pid \d+\) raised ValueError: a client with no training data cannot train "
@@ -111,11 +115,7 @@ def test_worker_error_is_raised_with_its_traceback_and_the_pool_stays_usable():
 
 
 def test_a_dead_worker_is_an_error_naming_it_not_a_hang():
-    data = Images()
-    model = build_model("logreg", (1, 28, 28), 10, seed=0)
-    spec = ParamSpec.of(model)
-    start = spec.flatten(model.state_dict())
-    pool = WorkerPool(model, spec, data, "sequential", 2)
+    pool, _, _, start, _ = _logreg_pool()
     try:
         pool.train(start, JOBS)
         victim = pool.pids[1]
