@@ -36,6 +36,7 @@ import shutil
 import signal
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -150,8 +151,8 @@ def _cli(args) -> int:
     return 0 if fedsim_ok else 1
 
 
-def bench_sim(*, cohorts: list[int], arms=ARMS, population: int = 100, rounds: int = 5, repeats: int = 1, workers: int = 0,
-              processes: int = 0, samples_per_client: int = 600, batch_size: int = 32, lr: float = 0.05,
+def bench_sim(*, cohorts: list[int], arms=ARMS, population: int = 100, rounds: int = 5, repeats: int = 1,
+              workers: int = 0, processes: int = 0, samples_per_client: int = 600, batch_size: int = 32, lr: float = 0.05,
               seed: int = 0, data_dir: str = "", skip_flower: bool = False, app: str | None = None,
               out: str | Path = "runs/bench-sim", timeout: float = 900.0, flower_timeout: float = 1200.0,
               log=print) -> dict:
@@ -185,14 +186,16 @@ def bench_sim(*, cohorts: list[int], arms=ARMS, population: int = 100, rounds: i
     arms = [a for a in ARMS if a in arms and not (skip_flower and a == "flower")]
     load_before = os.getloadavg()
     runs: dict[int, dict[str, list]] = {k: {a: [] for a in arms} for k in cohorts}
-    previous = signal.signal(signal.SIGTERM, _terminate)  # SIGTERM unwinds like Ctrl-C: children are stopped
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main else None  # unwinds like Ctrl-C: children stop
     try:
         for rep in range(repeats):
             for k in cohorts:
                 for arm in (arms if rep % 2 == 0 else arms[::-1]):
                     runs[k][arm].append(_one(arm, k, rep, runners[arm], out / f"k{k}" / f"{arm}-{rep}", log))
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if main:
+            signal.signal(signal.SIGTERM, previous)
     workload = {"model": "lenet", "dataset": "fashion-mnist", "partition": "iid", "population": population,
                 "clients_per_round": cohorts, "rounds": rounds, "samples_per_client": samples_per_client,
                 "batch_size": batch_size, "local_steps": local_steps, "lr": lr, "strategy": "fedavg",
