@@ -75,12 +75,13 @@ class ClientDirectory:
     def complete(self) -> bool:
         return bool(self.node_of.known.all())
 
-    def discover(self, grid: Grid, timeout: float | None = 60.0) -> None:
+    def discover(self, grid: Grid, timeout: float | None = 180.0) -> None:
         """Ask every unknown node for its partition id; fail loudly if clients are missing.
 
         Nodes of a real deployment (Flower SuperNodes) may still be registering: wait up to
         ``timeout`` wall seconds until the grid lists at least ``num_clients`` nodes, as Flower's
-        ``FedAvg`` waits for ``min_available_nodes``.
+        ``FedAvg`` waits for ``min_available_nodes``, and keep asking the nodes that have not
+        answered until then (under load, Flower's simulation answers the first queries slowly).
         """
         table = grid.client_table() if hasattr(grid, "client_table") else None
         if table is not None and len(table[0]) == self.num_clients:
@@ -92,24 +93,34 @@ class ClientDirectory:
         while len(node_ids) < self.num_clients and time.monotonic() < deadline:
             time.sleep(0.5)
             node_ids = list(grid.get_node_ids())
-        known = np.isin(np.asarray(node_ids, dtype=np.uint64), self.node_of.array[self.node_of.known])
-        unknown = [n for n, k in zip(node_ids, known) if not k]
-        if unknown:
-            msgs = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in unknown]
-            for reply in grid.send_and_receive(msgs, timeout=timeout):
-                if reply.has_error():
-                    log.warning("node %s did not say which client it hosts: %s", reply.metadata.src_node_id,
-                                reply.error.reason)
-                    continue
-                metrics = reply.content[P.METRICS]
-                cid = int(metrics["partition-id"])
-                self.add(reply.metadata.src_node_id, cid)
-                if "num-examples" in metrics:
-                    self.num_examples[cid] = int(metrics["num-examples"])
+        while True:  # ask the nodes not heard from yet, again until the deadline (slow simulation start-ups)
+            known = np.isin(np.asarray(node_ids, dtype=np.uint64), self.node_of.array[self.node_of.known])
+            unknown = [n for n, k in zip(node_ids, known) if not k]
+            left = deadline - time.monotonic()
+            if not unknown or (left <= 0 and timeout):
+                break
+            self._query(grid, unknown, max(left, 1.0) if timeout else None)
+            if timeout is None or self.complete:
+                break
+            time.sleep(0.5)
+            node_ids = list(grid.get_node_ids())
         if not self.complete:
             missing = np.flatnonzero(~self.node_of.known)
             raise RuntimeError(f"{missing.size} of {self.num_clients} clients are not connected "
                                f"(first missing ids: {missing[:10].tolist()})")
+
+    def _query(self, grid: Grid, nodes: list[int], timeout: float | None) -> None:
+        msgs = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
+        for reply in grid.send_and_receive(msgs, timeout=timeout):
+            if reply.has_error():
+                log.warning("node %s did not say which client it hosts: %s", reply.metadata.src_node_id,
+                            reply.error.reason)
+                continue
+            metrics = reply.content[P.METRICS]
+            cid = int(metrics["partition-id"])
+            self.add(reply.metadata.src_node_id, cid)
+            if "num-examples" in metrics:
+                self.num_examples[cid] = int(metrics["num-examples"])
 
     def add(self, node_id: int, client: int) -> None:
         if not 0 <= client < self.num_clients:
