@@ -111,6 +111,9 @@ class FedAsyncStrategy(AsyncStrategy):
         super().__init__(participation, **kw)
         if not 0 < mixing <= 1:
             raise ValueError(f"strategy.mixing (FedAsync alpha) must be in (0, 1], got {mixing}")
+        if self.server_lr != 1.0:
+            raise ValueError(f"fedasync steps with strategy.mixing, not a server rate: leave strategy.server_lr "
+                             f"at 1 (got {self.server_lr})")
         self.mixing = mixing
 
     def server_update(self, server_round: int, params: torch.Tensor, cohort: Cohort):

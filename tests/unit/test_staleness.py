@@ -202,6 +202,9 @@ def test_staleness_config_errors_name_the_key(tiny):
                               ("repair.samples", 0, "repair.samples")]:
         with pytest.raises(ConfigError, match=match):
             load_config(tiny(**{"strategy.name": "repair", key: value}))
+    from helpers import federation
+    with pytest.raises(ConfigError, match="strategy.server_lr"):
+        federation(tiny(**{"strategy.name": "fedasync", "strategy.server_lr": 2.0}))
 
 
 def test_runs_report_accuracy_on_the_slow_clients_classes_and_repair_cost(tmp_path, tiny):
