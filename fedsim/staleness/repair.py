@@ -47,6 +47,7 @@ decide whether its clients accept that.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -141,5 +142,6 @@ def repair_update(model: nn.Module, spec: ParamSpec, params_at_send: torch.Tenso
         repaired, expected_error = now, residual
     else:  # the drift estimate is about as wrong, relatively, as D_rec is
         repaired, expected_error = update + (now - then), residual * drift
-    use = margin is None or margin * expected_error < drift
+    finite = math.isfinite(residual) and bool(torch.isfinite(repaired).all())  # a failed inversion is never used
+    use = finite and (margin is None or margin * expected_error < drift)
     return Repaired(repaired if use else update.clone(), use, residual, drift, time.perf_counter() - t0)

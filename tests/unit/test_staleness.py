@@ -227,3 +227,15 @@ def test_budget_table_reads_accuracy_at_fixed_virtual_times():
     assert "time to slow-class accuracy 0.4" in lines[0]
     assert lines[2] == "| fast | 0.200 / 0.600 | 0.300 / 0.800 | 2 |"
     assert lines[3] == "| slow | 0.200 / 0.100 | 0.300 / 0.300 | not reached |"
+
+
+def test_a_failed_inversion_is_never_aggregated_even_without_a_switch_policy(monkeypatch):
+    import fedsim.staleness.repair as R
+
+    model, spec, x_s, x_t, stale, _, replay = _convex_case()
+    monkeypatch.setattr(R, "invert", lambda *a, **k: (torch.full((1, 10), float("nan")), torch.ones(1, 4) / 4,
+                                                      float("inf")))
+    rep = R.repair_update(model, spec, x_s, x_t, stale, local_steps=replay["steps"], lr=replay["lr"], batch_size=1,
+                          settings=RepairConfig(samples=1), input_shape=(10,), gen=torch.Generator().manual_seed(0),
+                          margin=None)
+    assert not rep.used and torch.equal(rep.update, stale)
