@@ -324,7 +324,7 @@ def _med_or_none(runs: list[dict], key: str):
 
 
 def _ratio(a, b):
-    return round(a / b, 3) if a is not None and b else None
+    return float(f"{a / b:.4g}") if a is not None and b else None  # 4 significant digits, also for small ratios
 
 
 def _summarize(runs: dict[str, list], skip_flower: bool) -> dict:
