@@ -93,6 +93,6 @@ def budget_table(runs: dict[str, list[dict]], budgets: list[float]) -> str:
             last = [r for r in rows if r["virtual_time"] <= b + 1e-9]
             cells.append("—" if not last else f"{last[-1]['accuracy']:.3f} / {last[-1].get('accuracy_stale_classes') or 0:.3f}")
         hit = [r["virtual_time"] for r in rows if (r.get("accuracy_stale_classes") or 0) >= target]
-        lines.append(f"| {arm} | " + " | ".join(cells) + f" | {hit[0]:.0f} |" if hit else
-                     f"| {arm} | " + " | ".join(cells) + " | not reached |")
+        reached = f"{hit[0]:.0f}" if hit else "not reached"
+        lines.append(f"| {arm} | " + " | ".join(cells) + f" | {reached} |")
     return "\n".join(lines)

@@ -57,17 +57,17 @@ class RepairStrategy(AsyncStrategy):
         if cfg.switch == "round" and not self.switched_at and server_round > cfg.switch_round:
             self.switched_at = server_round
         tau = self.staleness(server_round, cohort)
-        bases, _ = self.base_models(params, cohort)
         rows, stats, missed = [], [], 0
         for i, (cid, delta) in enumerate(zip(cohort.clients.tolist(), cohort.updates)):
             if int(tau[i]) < cfg.min_staleness or self.switched_at:
                 rows.append(delta)
                 continue
-            if self.history.get(int(cohort.model_round[i])) is None:
+            base = self.history.get(int(cohort.model_round[i]))
+            if base is None:
                 missed += 1
                 rows.append(delta)
                 continue
-            rep = self._repair_one(server_round, cid, bases[i], params, delta, cohort, i)
+            rep = self._repair_one(server_round, cid, base, params, delta, cohort, i)
             rows.append(rep.update)
             stats.append(rep)
             self._count(server_round, rep)
