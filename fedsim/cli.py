@@ -20,7 +20,8 @@ os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 
 
 def _presets(_args) -> int:
-    from .config import load_config, preset_names
+    from .config import preset_names
+    from .experiments.setup import load as load_config
 
     for name in preset_names():
         cfg = load_config(name)
@@ -30,8 +31,8 @@ def _presets(_args) -> int:
 
 
 def _run(args) -> int:
-    from .config import load_config
     from .experiments.run import run_config
+    from .experiments.setup import load as load_config
 
     cfg = load_config(args.config, args.set)
     out = args.out or os.path.join("runs", cfg.name)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 
-from fedsim.config import load_config
+from fedsim.experiments.setup import load as load_config
 from fedsim.runtime.node import Node
 from fedsim.runtime.server import ServerOptions, make_grid, run_server
 

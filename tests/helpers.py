@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from flwr.app import ArrayRecord
 
-from fedsim.config import load_config
+from fedsim.experiments.setup import load as load_config
 from fedsim.experiments.setup import load_client_data, make_handler, make_model, make_strategy
 from fedsim.runtime.inprocess import InProcessGrid
 from fedsim.runtime.loop import run_rounds

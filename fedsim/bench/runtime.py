@@ -104,7 +104,7 @@ def bench_runtime(*, rounds: int = 5, clients: int = 3, processes: int = 3, conf
                   overrides: list[str] = (), skip_flower: bool = False, app: str | None = None,
                   out: str | Path = "runs/bench-runtime", timeout: float = 600.0, flower_timeout: float = 1200.0,
                   log=print) -> dict:
-    from ..config import load_config
+    from ..experiments.setup import load as load_config
 
     out = Path(out).resolve()
     if out.exists():

@@ -156,7 +156,8 @@ def bench_sim(*, cohorts: list[int], arms=ARMS, population: int = 100, rounds: i
               seed: int = 0, data_dir: str = "", skip_flower: bool = False, app: str | None = None,
               out: str | Path = "runs/bench-sim", timeout: float = 900.0, flower_timeout: float = 1200.0,
               log=print) -> dict:
-    from ..config import ClientConfig, load_config
+    from ..config import ClientConfig
+    from ..experiments.setup import load as load_config
 
     cores = os.cpu_count() or 1
     workers, processes = workers or cores, processes or cores

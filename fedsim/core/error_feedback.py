@@ -36,9 +36,12 @@ def ef14_step(e_i: torch.Tensor, proposal: torch.Tensor, compress: Compress) -> 
     return m, corrected - m
 
 
-def ef21_server(g: torch.Tensor, messages: torch.Tensor, num_clients: int) -> torch.Tensor:
-    """Server half of EF21(-PP): g + (1/n) sum of the received c_i (``messages`` [K, D], any K <= n)."""
-    return g + messages.sum(0) / num_clients
+def ef21_server(g: torch.Tensor, messages: torch.Tensor, num_clients: int,
+                noise: torch.Tensor | None = None) -> torch.Tensor:
+    """Server half of EF21(-PP): g + (1/n) sum of the received c_i (``messages`` [K, D], any K <= n);
+    ``noise`` [D] (user-level DP) is added to the sum before the division."""
+    total = messages.sum(0)
+    return g + (total if noise is None else total + noise.to(total.dtype)) / num_clients
 
 
 def compress_rows(compressor: Compressor, v: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:

@@ -64,17 +64,18 @@ def observe(state: FedAUState, participated: torch.Tensor, cutoff: int) -> FedAU
     return FedAUState(since, total, count)
 
 
-def step(state: FedAUState, clients: torch.Tensor, deltas: torch.Tensor, cutoff: int
-         ) -> tuple[torch.Tensor, FedAUState, dict[str, float]]:
-    """One FedAU round: direction ``sum omega_n Delta_n / N`` and the updated interval state.
+def step(state: FedAUState, clients: torch.Tensor, deltas: torch.Tensor, cutoff: int,
+         noise: torch.Tensor | None = None) -> tuple[torch.Tensor, FedAUState, dict[str, float]]:
+    """One FedAU round: direction ``(sum omega_n Delta_n [+ noise]) / N`` and the updated interval state.
 
-    clients  # [K] distinct client ids in S_t; deltas  # [K, D] local model changes.
+    clients  # [K] distinct client ids in S_t; deltas  # [K, D] local model changes; noise  # [D]
+    (user-level DP), added to the weighted sum before the division by N.
     """
     num_clients = state.since.shape[0]
     if clients.numel() != torch.unique(clients).numel():
         raise ValueError("FedAU: a client appears twice in one round")
     omega = weights(state, clients)
-    direction = weighted_sum(deltas, omega.to(deltas.dtype), float(num_clients))
+    direction = weighted_sum(deltas, omega.to(deltas.dtype), float(num_clients), noise=noise)
     participated = torch.zeros(num_clients, dtype=torch.bool)
     participated[clients] = True
     new_state = observe(state, participated, cutoff)

@@ -34,11 +34,15 @@ def weighted_mean(updates: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return (weights.to(updates.dtype) / total.to(updates.dtype)) @ updates
 
 
-def weighted_sum(updates: torch.Tensor, weights: torch.Tensor, divisor: float) -> torch.Tensor:
-    """``sum_i w_i u_i / divisor`` with a divisor fixed by the algorithm (FedAU divides by N)."""
+def weighted_sum(updates: torch.Tensor, weights: torch.Tensor, divisor: float,
+                 noise: torch.Tensor | None = None) -> torch.Tensor:
+    """``(sum_i w_i u_i [+ noise]) / divisor`` with a divisor fixed by the algorithm (FedAU divides by
+    N); ``noise`` [D] is user-level DP noise on the weighted sum."""
     check_updates(updates, weights)
     if divisor <= 0:
         raise ValueError(f"divisor must be positive, got {divisor}")
     if updates.shape[0] == 0:
-        return torch.zeros(updates.shape[1], dtype=updates.dtype)
-    return (weights.to(updates.dtype) @ updates) / divisor
+        total = torch.zeros(updates.shape[1], dtype=updates.dtype)
+    else:
+        total = weights.to(updates.dtype) @ updates
+    return total / divisor if noise is None else (total + noise.to(total.dtype)) / divisor

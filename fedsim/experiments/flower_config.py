@@ -7,7 +7,8 @@ an arm chosen with ``strategy.name`` in ``set``.
 
 from __future__ import annotations
 
-from ..config import ConfigError, ExperimentConfig, load_config
+from ..config import ConfigError, ExperimentConfig
+from .setup import load as load_config
 
 
 def config_from_run_config(run_config: dict) -> ExperimentConfig:

@@ -108,8 +108,7 @@ def run_single(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, 
                     row["accuracy_stale_classes"] = ev["accuracy_classes"]
             clocks = {k: v for k, v in res.metrics.items() if k.startswith("time/")}  # wall clock: timing.jsonl
             row.update({k: v for k, v in res.metrics.items() if k not in clocks})
-            if hasattr(strategy, "privacy_summary"):
-                row.update(epsilon=row["dp/epsilon"], delta=row["dp/delta"], mechanism=strategy.mechanism)
+            row.update(strategy.row_fields(res.metrics))
             sink.write(json.dumps(row) + "\n")
             sink.flush()
             timing.write(json.dumps({"round": res.round, "wall_time": time.time(),
@@ -135,10 +134,7 @@ def run_single(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, 
     summary["runtime"] = "in-process" if isinstance(grid, InProcessGrid) else type(grid).__name__
     if hasattr(grid, "transport_stats"):  # answers the transport refused (auth, foreign, oversized, late)
         summary["transport"] = grid.transport_stats()
-    if hasattr(strategy, "privacy_summary"):
-        summary.update(strategy.privacy_summary(summary["rounds"]))
-    if hasattr(strategy, "summary_extra"):
-        summary.update(strategy.summary_extra())
+    summary.update(strategy.summary_fields(summary["rounds"]))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     plot_curves({label or cfg.strategy.name: rows}, out / "curves.png", cfg.name)
     return summary

@@ -1,6 +1,14 @@
-"""Build every component of one experiment from its config (data, model, clients, environment,
-strategy). Shared by ``fedsim run``, the ServerApp/ClientApp and tests, so each runtime wires the
-same objects the same way."""
+"""The composition root: build every component of one experiment from its config (data, model,
+clients, environment, strategy and its stages). Names in the config are resolved here, and only
+here: registry names (``fedsim.strategies.registry``, the model zoo, the datasets, ...) and user
+plug-ins by import string (``fedsim.experiments.plugins``). Shared by ``fedsim run``, the gRPC
+server and nodes, the ServerApp/ClientApp and tests, so each runtime wires the same objects the
+same way.
+
+``load(source, overrides)`` is ``fedsim.config.load_config`` plus ``check``: a bad name, or a
+``strategy.*`` / ``repair.*`` key set for a strategy that does not read it, fails before any
+training with a message naming the key.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +19,23 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from ..config import ConfigError, ExperimentConfig
-from ..data import Dataset, label_histogram, load_dataset, partition
+from ..config import ConfigError, ExperimentConfig, load_config
+from ..core.compression import COMPRESSORS
+from ..core.staleness import STALENESS_FUNCTIONS
+from ..data import DATASETS, SCHEMES, Dataset, label_histogram, load_dataset, partition
+from ..local.device import DEVICES
 from ..local.handler import ClientHandler
-from ..models import build_model
-from ..participation import build_participation
-from ..strategies import STRATEGIES, FedsimStrategy
+from ..local.vectorized import TRAINERS
+from ..models import MODELS, build_model, seeded
+from ..participation import PARTICIPATION, build_participation
+from ..privacy import MECHANISMS
+from ..runtime.protocol import EF_INITS
+from ..stages import SERVER_OPTIMIZERS, UserLevelDP
+from ..staleness import MODES, SWITCHES
+from ..strategies import FedsimStrategy
+from ..strategies.fedavg import WEIGHTINGS
+from ..strategies.registry import COMMON_KEYS, OWNED_SECTIONS, STRATEGIES, StrategyRow
+from . import plugins
 
 
 @dataclass
@@ -25,6 +44,119 @@ class ClientData:
     parts: list[np.ndarray]
 
 
+# --- config: names ---------------------------------------------------------------------------------
+def load(source: str | dict, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """Load a preset or TOML file with overrides, range checks and name resolution (every arm)."""
+    return load_config(source, overrides, check=check)
+
+
+def strategy_row(cfg: ExperimentConfig) -> StrategyRow:
+    """The registry row of ``strategy.name``, or a row for a plug-in class named by import string."""
+    name = cfg.strategy.name
+    if plugins.is_import_string(name):
+        cls = plugins.resolve("strategy.name", name)
+        if not (isinstance(cls, type) and issubclass(cls, FedsimStrategy)):
+            raise ConfigError(f"config key 'strategy.name': '{name}' is not a fedsim.strategies.FedsimStrategy subclass")
+        return StrategyRow(cls, description=f"plug-in {name}")
+    if name not in STRATEGIES:
+        raise ConfigError(f"config key 'strategy.name' must be one of {', '.join(STRATEGIES)} or an import string "
+                          f"'package.module:Class'; got '{name}'")
+    return STRATEGIES[name]
+
+
+def effective(cfg: ExperimentConfig) -> ExperimentConfig:
+    """``cfg`` with what its strategy row implies (``dp-fedavg`` turns on ``privacy.user_level``)."""
+    implied = strategy_row(cfg).implies
+    if not implied:
+        return cfg
+    sections: dict[str, dict] = {}
+    for key, value in implied.items():
+        section, field = key.split(".")
+        sections.setdefault(section, {})[field] = value
+    return dataclasses.replace(cfg, **{s: dataclasses.replace(getattr(cfg, s), **f) for s, f in sections.items()})
+
+
+def check(cfg: ExperimentConfig) -> None:
+    """Resolve every name in ``cfg`` (no data is read); a ConfigError names the first bad key."""
+
+    def one_of(key: str, value: str, names) -> None:
+        if value not in names:
+            raise ConfigError(f"config key '{key}' must be one of {', '.join(names)}; got '{value}'")
+
+    if plugins.is_import_string(cfg.data.name):
+        plugins.resolve("data.name", cfg.data.name)
+    else:
+        one_of("data.name", cfg.data.name, DATASETS)
+    one_of("data.partition", cfg.data.partition, SCHEMES)
+    if plugins.is_import_string(cfg.model.name):
+        plugins.resolve("model.name", cfg.model.name)
+    else:
+        one_of("model.name", cfg.model.name, MODELS)
+    one_of("client.trainer", cfg.client.trainer, TRAINERS)
+    one_of("client.device", cfg.client.device, DEVICES)
+    one_of("participation.name", cfg.participation["name"], PARTICIPATION)
+    one_of("compression.name", cfg.compression.name, COMPRESSORS)
+    one_of("privacy.mechanism", cfg.privacy.mechanism, MECHANISMS)
+    one_of("strategy.weighting", cfg.strategy.weighting, WEIGHTINGS)
+    one_of("strategy.ef_init", cfg.strategy.ef_init, EF_INITS)
+    one_of("strategy.staleness_fn", cfg.strategy.staleness_fn, STALENESS_FUNCTIONS)
+    one_of("repair.mode", cfg.repair.mode, MODES)
+    one_of("repair.switch", cfg.repair.switch, SWITCHES)
+    _check_server_optimizer(cfg.server_optimizer)
+    row = strategy_row(cfg)
+    _check_keys_read(cfg, row)
+    _check_user_level_dp(effective(cfg), row)
+
+
+def _check_server_optimizer(opt: dict) -> None:
+    name = opt["name"]
+    if name not in SERVER_OPTIMIZERS:
+        raise ConfigError(f"config key 'server_optimizer.name' must be one of {', '.join(SERVER_OPTIMIZERS)}; "
+                          f"got '{name}'")
+    extra = sorted(set(opt) - {"name"} - set(SERVER_OPTIMIZERS[name][1]))
+    if extra:
+        raise ConfigError(f"config key 'server_optimizer.{extra[0]}' is not read by server optimizer '{name}'")
+
+
+def _check_keys_read(cfg: ExperimentConfig, row: StrategyRow) -> None:
+    """A strategy-owned key set away from its default must be read by the chosen strategy."""
+    name, reads = cfg.strategy.name, row.keys()
+    if cfg.strategy.args and not plugins.is_import_string(name):
+        raise ConfigError(f"config key 'strategy.args' is for plug-in strategies ('package.module:Class'); "
+                          f"'{name}' takes its settings from strategy.* keys")
+    for section in OWNED_SECTIONS:
+        value, default = getattr(cfg, section), type(getattr(cfg, section))()
+        for f in dataclasses.fields(value):
+            key = f"{section}.{f.name}"
+            if key in COMMON_KEYS or key in reads or section in reads:
+                continue
+            if getattr(value, f.name) != getattr(default, f.name):
+                readers = [n for n, r in STRATEGIES.items() if key in r.keys() or section in r.keys()]
+                raise ConfigError(f"config key '{key}' is not read by strategy '{name}'"
+                                  + (f" (it is read by {', '.join(readers)})" if readers else ""))
+
+
+def _check_user_level_dp(cfg: ExperimentConfig, row: StrategyRow) -> None:
+    if not cfg.privacy.user_level:
+        return
+    if not row.user_level_dp:
+        able = [n for n, r in STRATEGIES.items() if r.user_level_dp and not r.implies]
+        raise ConfigError(f"config key 'privacy.user_level': strategy '{cfg.strategy.name}' has no noisy sum the "
+                          f"DP stage can add to (it supports {', '.join(able)})")
+    weighting = row.fixed.get("weighting", cfg.strategy.weighting)
+    if ("weighting" in row.reads or "weighting" in row.fixed) and weighting != "fixed":
+        raise ConfigError(f"config key 'strategy.weighting' must be 'fixed' with privacy.user_level (got "
+                          f"'{weighting}'): a denominator that counts the answers or their examples is not private")
+
+
+def _value(cfg: ExperimentConfig, key: str):
+    obj = cfg
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+# --- objects -----------------------------------------------------------------------------------------
 def load_client_data(cfg: ExperimentConfig) -> ClientData:
     return _client_data(cfg.data.name, cfg.data.dir or None, tuple(sorted(cfg.data.options.items())),
                         cfg.data.partition, cfg.data.num_clients, cfg.data.alpha, cfg.data.shards_per_client,
@@ -33,10 +165,13 @@ def load_client_data(cfg: ExperimentConfig) -> ClientData:
 
 @lru_cache(maxsize=4)
 def _client_data(name, data_dir, options, scheme, num_clients, alpha, shards, seed) -> ClientData:
-    try:
-        ds = load_dataset(name, data_dir, **dict(options))
-    except TypeError as exc:  # an option the loader does not take
-        raise ConfigError(f"data.options for '{name}': {exc}") from None
+    if plugins.is_import_string(name):
+        ds = plugins.load_dataset(name, seed)
+    else:
+        try:
+            ds = load_dataset(name, data_dir, **dict(options))
+        except TypeError as exc:  # an option the loader does not take
+            raise ConfigError(f"data.options for '{name}': {exc}") from None
     labels = ds.train.y.numpy()
     try:
         parts = partition(labels, num_clients, scheme, seed=seed, alpha=alpha, shards_per_client=shards,
@@ -47,6 +182,8 @@ def _client_data(name, data_dir, options, scheme, num_clients, alpha, shards, se
 
 
 def make_model(cfg: ExperimentConfig, ds: Dataset) -> torch.nn.Module:
+    if plugins.is_import_string(cfg.model.name):
+        return seeded(cfg.seed, lambda: plugins.build_model(cfg.model.name, ds.input_shape, ds.num_classes))
     return build_model(cfg.model.name, ds.input_shape, ds.num_classes, vocab_size=ds.vocab_size, seed=cfg.seed)
 
 
@@ -59,47 +196,53 @@ def make_handler(cfg: ExperimentConfig, data: ClientData) -> ClientHandler:
         raise ConfigError(str(exc)) from None
 
 
-def make_strategy(cfg: ExperimentConfig, data: ClientData) -> FedsimStrategy:
+def make_participation(cfg: ExperimentConfig, data: ClientData):
     params = {k: v for k, v in cfg.participation.items() if k != "name"}
     params.setdefault("local_steps", cfg.client.local_steps)
     hist = label_histogram(data.dataset.train.y.numpy(), data.parts, data.dataset.num_classes)
     try:
-        participation = build_participation(cfg.participation["name"], cfg.data.num_clients, seed=cfg.seed,
-                                            label_hist=hist, **params)
+        return build_participation(cfg.participation["name"], cfg.data.num_clients, seed=cfg.seed,
+                                   label_hist=hist, **params)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    s = cfg.strategy
-    common = dict(local_lr=cfg.client.lr, batch_size=cfg.client.batch_size, seed=cfg.seed, server_lr=s.server_lr,
-                  compression=dataclasses.asdict(cfg.compression), example_dp=_example_dp(cfg))
-    extra = {"fedavg": {"weighting": s.weighting}, "fedau": {"cutoff": s.cutoff},
-             "afa-cd": {"m": s.m}, "afa-cs": {"m": s.m}, "ef14": {},
-             "ef21": {"local_steps": cfg.client.local_steps, "ef_init": s.ef_init}}.get(s.name, {})
-    if s.name in ("dp-fedavg", "dp-mf"):
-        extra = {"privacy": dataclasses.asdict(cfg.privacy), "rounds": cfg.rounds}
-    if s.name in ASYNC_STRATEGIES:
-        extra = _async_extra(cfg, data)
+
+
+def make_strategy(cfg: ExperimentConfig, data: ClientData) -> FedsimStrategy:
+    """The strategy of ``cfg`` from its registry row, with its server stages."""
+    check(cfg)
+    row, cfg = strategy_row(cfg), effective(cfg)
+    participation = make_participation(cfg, data)
+    kwargs = {kw: _value(cfg, key) for kw, key in row.reads.items()}
+    kwargs.update(row.fixed)
+    kwargs.update(_needs(cfg, data, row.needs))
+    kwargs.update(cfg.strategy.args)
     try:
-        return STRATEGIES[s.name](participation, **common, **extra)
-    except ValueError as exc:  # e.g. a participation model the privacy plan cannot account for
-        raise ConfigError(f"strategy {s.name}: {exc}") from None
+        stages = make_stages(cfg, participation, row)
+        return row.cls(participation, local_lr=cfg.client.lr, batch_size=cfg.client.batch_size, seed=cfg.seed,
+                       server_lr=cfg.strategy.server_lr, compression=dataclasses.asdict(cfg.compression),
+                       example_dp=_example_dp(cfg), stages=stages, **kwargs)
+    except (ValueError, TypeError) as exc:  # e.g. a participation model the privacy plan cannot account for
+        raise ConfigError(f"strategy {cfg.strategy.name}: {exc}") from None
 
 
-ASYNC_STRATEGIES = ("direct", "weighted", "fedasync", "fedbuff", "repair")
+def make_stages(cfg: ExperimentConfig, participation, row: StrategyRow) -> list:
+    """Server stages in pipeline order: user-level DP (clip + noise), then the server optimizer."""
+    stages = []
+    if cfg.privacy.user_level:
+        stages.append(UserLevelDP(participation, privacy=dataclasses.asdict(cfg.privacy), rounds=cfg.rounds,
+                                  seed=cfg.seed, asynchronous=row.asynchronous))
+    opt = dict(cfg.server_optimizer)
+    stage_cls, _ = SERVER_OPTIMIZERS[opt.pop("name")]
+    if stage_cls is not None:
+        stages.append(stage_cls(**opt))
+    return stages
 
 
-def _async_extra(cfg: ExperimentConfig, data: ClientData) -> dict:
-    s = cfg.strategy
-    extra = {"m": s.m, "round_time": s.round_time, "history": s.history, "staleness_fn": s.staleness_fn,
-             "staleness_a": s.staleness_a, "staleness_b": s.staleness_b}
-    if s.name == "fedasync":
-        extra["mixing"] = s.mixing
-    elif s.name == "fedbuff":
-        extra.update(buffer_size=s.buffer_size, max_staleness=s.max_staleness)
-    elif s.name == "repair":
-        x = data.dataset.train.x
-        extra.update(model=make_model(cfg, data.dataset), input_shape=data.dataset.input_shape,
-                     box=(float(x.min()), float(x.max())), repair=cfg.repair)
-    return extra
+def _needs(cfg: ExperimentConfig, data: ClientData, needs: tuple[str, ...]) -> dict:
+    x = data.dataset.train.x
+    made = {"model": lambda: make_model(cfg, data.dataset), "input_shape": lambda: data.dataset.input_shape,
+            "box": lambda: (float(x.min()), float(x.max())), "rounds": lambda: cfg.rounds}
+    return {n: made[n]() for n in needs}
 
 
 def _example_dp(cfg: ExperimentConfig) -> dict | None:

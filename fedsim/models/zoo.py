@@ -12,7 +12,7 @@ import threading
 import torch
 from torch import nn
 
-__all__ = ["MODELS", "CharLSTM", "build_model"]
+__all__ = ["MODELS", "CharLSTM", "build_model", "seeded"]
 
 MODELS = ("logreg", "mlp", "lenet", "cnn", "char-lstm")
 _SEEDED = threading.Lock()  # the CPU generator is process-global: one seeded build at a time
@@ -42,11 +42,17 @@ def build_model(name: str, input_shape: tuple, num_classes: int, *,
     input_shape = tuple(int(s) for s in input_shape)
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    return seeded(seed, lambda: _BUILDERS[name](input_shape, num_classes, vocab_size))
+
+
+def seeded(seed: int | None, build):
+    """``build()`` under torch's CPU generator seeded with ``seed`` (None: unseeded), leaving the
+    caller's RNG state as it was; also used for models from a user's factory."""
     if seed is None:
-        return _BUILDERS[name](input_shape, num_classes, vocab_size)
+        return build()
     with _SEEDED, torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)  # CPU only: torch.manual_seed would also reseed CUDA
-        return _BUILDERS[name](input_shape, num_classes, vocab_size)
+        return build()
 
 
 def _flat(shape: tuple) -> int:

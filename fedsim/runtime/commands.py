@@ -18,7 +18,8 @@ import sys
 
 
 def _server(args) -> int:
-    from ..config import ConfigError, arm_configs, load_config
+    from ..config import ConfigError, arm_configs
+    from ..experiments.setup import load as load_config
     from .server import ServerOptions, run_server
 
     cfg = load_config(args.config, args.set)

@@ -20,7 +20,8 @@ import threading
 import time
 from pathlib import Path
 
-from ..config import ConfigError, arm_configs, load_config
+from ..config import ConfigError, arm_configs
+from ..experiments.setup import load as load_config
 
 
 

@@ -1,7 +1,7 @@
 """fedsim's round loop over any Flower ``Grid``: synchronous rounds and asynchronous arrival.
 
 Flower's ``Strategy.start`` waits for every answer each round. ``run_rounds`` instead pushes the
-round's messages and waits only for as many answers as the strategy needs (``replies_needed``):
+round's messages and waits only for as many answers as the strategy asks for (``round_wait``):
 all of this round's for synchronous strategies, the first ``m`` of everything in flight for AFA-CD,
 or whatever arrives within a strategy's ``round_time`` window (FedFix-style rounds).
 Answers not yet in stay in flight and are pulled in later rounds. On fedsim's in-process grid the
@@ -67,8 +67,7 @@ def run_rounds(strategy, grid: Grid, arrays: ArrayRecord, *, first_round: int, l
         bytes_down = sum(P.record_bytes(m.content) for m in messages)
         pushed = set(grid.push_messages(messages))
         pending |= pushed
-        need = strategy.replies_needed(len(pushed), len(pending))
-        window = getattr(strategy, "round_time", 0.0) or None  # FedFix-style rounds: a fixed window
+        need, window = strategy.round_wait(len(pushed), len(pending))
         replies = wait_for(grid, pending if strategy.asynchronous else pushed, need, timeout, window=window)
         pending -= {m.metadata.reply_to_message_id for m in replies}
         if not strategy.asynchronous:

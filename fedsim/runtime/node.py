@@ -122,8 +122,7 @@ class Node:
     def _prepare(self, info: dict) -> None:
         key = json.dumps(info["config"], sort_keys=True)
         if key != self._config_key:  # first registration or a new experiment: build the warm handler
-            from ..config import load_config
-            from ..experiments.setup import load_client_data, make_handler
+            from ..experiments.setup import load as load_config, load_client_data, make_handler
             import torch
 
             cfg = load_config(info["config"])

@@ -4,7 +4,9 @@ Clients answer with the average of their local gradients (``update-kind = mean-g
 pure rules are in ``fedsim.core.afa``. In fedsim's round loop AFA-CD stops waiting once ``m``
 answers have arrived (counted in answers, not distinct workers; answers arriving at the same
 virtual instant are all taken), so slower answers land in later rounds, computed on the model they
-were sent. A client with a job in flight is not sent another. AFA-CS keeps the latest answer of every
+were sent. With ``strategy.round_time > 0`` a round instead takes whatever arrives within a fixed
+window of that many (virtual) seconds, as the other asynchronous strategies do (ours; the paper
+waits for m answers). A client with a job in flight is not sent another. AFA-CS keeps the latest answer of every
 worker (zero slots at the start) and averages over all N. Under plain ``Strategy.start`` every
 round waits for all answers, i.e. no staleness.
 """
@@ -23,14 +25,11 @@ class AFACDStrategy(FedsimStrategy):
     update_kind = P.UPDATE_MEAN_GRADIENT
     asynchronous = True
 
-    def __init__(self, participation, *, m: int = 10, **kw):
+    def __init__(self, participation, *, m: int = 10, round_time: float = 0.0, **kw):
         super().__init__(participation, **kw)
-        if m < 1:
-            raise ValueError(f"strategy.m (answers AFA-CD waits for) must be >= 1, got {m}")
-        self.m = m
-
-    def replies_needed(self, pushed: int, in_flight: int) -> int:
-        return min(self.m, in_flight)
+        if m < 1 or round_time < 0:
+            raise ValueError(f"need strategy.m >= 1 and strategy.round_time >= 0, got {m}, {round_time}")
+        self.m, self.round_time = m, float(round_time)
 
     def server_update(self, server_round: int, params: torch.Tensor, cohort: Cohort):
         grad = afa.cd_aggregate(cohort.updates)

@@ -46,11 +46,6 @@ class AsyncStrategy(FedsimStrategy):
         self.weight(torch.zeros(1))  # validates the staleness function now, not at the first stale answer
         self.history = ModelHistory(history)
 
-    def replies_needed(self, pushed: int, in_flight: int) -> int:
-        if self.round_time > 0:  # more than can come: the round lasts its whole window
-            return in_flight + 1
-        return min(self.m, in_flight)
-
     def weight(self, tau: torch.Tensor) -> torch.Tensor:
         kind, a, b = self.staleness_fn
         return S.staleness_weight(kind, tau, a=a, b=b)
@@ -140,9 +135,15 @@ class FedBuffStrategy(AsyncStrategy):
         self.buffer, self.count = torch.zeros(dim), 0
 
     def server_update(self, server_round: int, params: torch.Tensor, cohort: Cohort):
+        return self.noisy_update(server_round, params, cohort, None)
+
+    def noisy_update(self, server_round: int, params: torch.Tensor, cohort: Cohort, noise: torch.Tensor | None):
+        """User-level DP adds each round's noise to the buffer (the released per-round sums)."""
         tau = self.staleness(server_round, cohort)
         weights = self.weight(tau).tolist()
         buf, count, flushes, dropped = self.buffer, self.count, 0, 0
+        if noise is not None:
+            buf = buf + noise.to(buf.dtype)
         for delta, t, w in zip(cohort.updates, tau.tolist(), weights):
             if self.max_staleness and t > self.max_staleness:
                 dropped += 1

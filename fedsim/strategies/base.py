@@ -18,6 +18,7 @@ participation RNG) is returned by ``state_dict`` and restored by ``load_state_di
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from ..core.compression import Compressor, from_sparse, make_compressor
 from ..core.params import ParamSpec
 from ..local.example_dp import example_epsilon
 from ..runtime import protocol as P
+from ..stages import ServerPipeline
 from .directory import ClientDirectory
 
 log = logging.getLogger("fedsim")
@@ -45,15 +47,20 @@ class Cohort:
     model_round: torch.Tensor   # int64 [K], the round whose global model the client trained on
     bits: torch.Tensor          # int64 [K], uplink bits of each message (the compressor's exact count)
 
+    def replace(self, **changes) -> "Cohort":
+        return dataclasses.replace(self, **changes)
+
 
 class FedsimStrategy(Strategy):
     name = "base"
     update_kind = P.UPDATE_DELTA
     asynchronous = False
+    m = 1                 # asynchronous strategies: answers a round waits for (round_time = 0)
+    round_time = 0.0      # asynchronous strategies: > 0, a round's fixed window of the arrival clock
     feedback = "none"  # client-side error feedback the strategy asks for: none | ef21 | ef14
 
     def __init__(self, participation, *, local_lr: float, batch_size: int, seed: int, server_lr: float = 1.0,
-                 compression: dict | None = None, example_dp: dict | None = None):
+                 compression: dict | None = None, example_dp: dict | None = None, stages=()):
         if local_lr <= 0 or server_lr <= 0 or batch_size < 1:
             raise ValueError(f"need local_lr > 0, server_lr > 0, batch_size >= 1; got {local_lr}, {server_lr}, {batch_size}")
         self.compression = dict(compression or {"name": "identity"})
@@ -67,6 +74,7 @@ class FedsimStrategy(Strategy):
         self.spec: ParamSpec | None = None
         self.params: torch.Tensor | None = None
         self.in_flight: dict[int, int] = {}  # client id -> round it was sent work
+        self.pipeline = ServerPipeline(stages)  # server stages around server_update (user-level DP, momentum)
 
     # --- subclass hooks --------------------------------------------------------------------------
     def init_state(self, dim: int) -> None:
@@ -76,15 +84,43 @@ class FedsimStrategy(Strategy):
                       ) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
 
+    def noisy_update(self, server_round: int, params: torch.Tensor, cohort: Cohort, noise: torch.Tensor
+                     ) -> tuple[torch.Tensor, dict[str, float]]:
+        """``server_update`` with ``noise`` [D] added to the strategy's sum of (clipped) contributions,
+        before its normalisation; drawn by the user-level DP stage. A strategy whose new model is not
+        a post-processing of such a sum keeps this default, and the DP stage refuses it."""
+        raise NotImplementedError(f"strategy {self.name} has no noisy sum for user-level DP")
+
+    def weight_bound(self) -> float:
+        """An a-priori bound on the weight of one clipped answer in the strategy's sum (the DP noise
+        is scaled by it so that each round's sum stays a Gaussian mechanism with multiplier z)."""
+        return 1.0
+
     def algorithm_state(self) -> dict:
         return {}
 
     def load_algorithm_state(self, state: dict) -> None:
         pass
 
-    def replies_needed(self, pushed: int, in_flight: int) -> int:
-        """How many answers a round waits for: synchronous strategies wait for all they sent."""
-        return pushed
+    def round_wait(self, pushed: int, in_flight: int) -> tuple[int, float | None]:
+        """How many answers a round waits for, and within what window of the arrival clock (None =
+        no window). Synchronous strategies wait for all they sent. Asynchronous ones wait for ``m``
+        answers of everything in flight, or, with ``round_time > 0``, take whatever arrives within
+        a fixed window (FedFix-style rounds, Fraboni et al., arXiv 2206.10189): asking for one more
+        answer than can come makes the round last its whole window."""
+        if not self.asynchronous:
+            return pushed, None
+        if self.round_time > 0:
+            return in_flight + 1, self.round_time
+        return min(self.m, in_flight), None
+
+    def summary_fields(self, rounds_done: int) -> dict:
+        """What the strategy and its stages add to ``summary.json`` (e.g. epsilon, repair counters)."""
+        return self.pipeline.summary(rounds_done)
+
+    def row_fields(self, metrics: dict) -> dict:
+        """What the stages add to a ``metrics.jsonl`` row (e.g. epsilon, delta, mechanism)."""
+        return self.pipeline.row_fields(metrics)
 
     def dense_expected(self, cid: int) -> bool:
         """Whether client ``cid``'s next answer is a dense vector (else values + indices)."""
@@ -137,6 +173,7 @@ class FedsimStrategy(Strategy):
             self.in_flight[cid] = server_round
             if self.example_dp:
                 self.example_steps[cid] += int(steps)  # spent once the client trains, answer or not
+        self.pipeline.on_send(server_round, plan.clients.tolist())
         return messages
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
@@ -149,9 +186,14 @@ class FedsimStrategy(Strategy):
         if not self.asynchronous:
             self.in_flight.clear()
         before = self.algorithm_state()  # references: server_update replaces state, never mutates it
-        new_params, metrics = self.server_update(server_round, self.params, cohort)
+        stages_before = self.pipeline.state_dict()
+        if self.pipeline:
+            new_params, metrics = self.pipeline.aggregate(self, server_round, self.params, cohort)
+        else:
+            new_params, metrics = self.server_update(server_round, self.params, cohort)
         if not torch.isfinite(new_params).all():
             self.load_algorithm_state(before)
+            self.pipeline.load_state_dict(stages_before)
             raise FloatingPointError(f"round {server_round}: the aggregated model is not finite; "
                                      "the previous global model and strategy state are kept (lower the learning rates)")
         self.params = new_params
@@ -180,7 +222,8 @@ class FedsimStrategy(Strategy):
     # --- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"params": self.params, "in_flight": dict(self.in_flight), "example_steps": self.example_steps.clone(),
-                "participation": self.participation.state_dict(), "algorithm": self.algorithm_state()}
+                "participation": self.participation.state_dict(), "algorithm": self.algorithm_state(),
+                "stages": self.pipeline.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.params = state["params"]
@@ -191,7 +234,9 @@ class FedsimStrategy(Strategy):
         self.participation.load_state_dict(state["participation"])
         if self.params is not None and self.spec is not None:
             self.init_state(self.spec.dim)
+            self.pipeline.init(self.spec.dim)
         self.load_algorithm_state(state["algorithm"])
+        self.pipeline.load_state_dict(state.get("stages", {}))
 
     # --- helpers ---------------------------------------------------------------------------------
     def bind(self, arrays: ArrayRecord) -> None:
@@ -203,6 +248,7 @@ class FedsimStrategy(Strategy):
             self.compressor = make_compressor(c["name"], self.spec.dim, k=c.get("k") or None,
                                               density=c.get("density") or None, unbiased=bool(c.get("unbiased")))
             self.init_state(self.spec.dim)
+            self.pipeline.init(self.spec.dim)
         self.params = self.spec.flatten(state)
 
     def _decode(self, server_round: int, replies: list[Message]) -> tuple[Cohort, int]:

@@ -56,7 +56,10 @@ class EF21Strategy(FedsimStrategy):
         return 32 * self.spec.dim if self._first_full(cid) else super().message_bits(cid)
 
     def server_update(self, server_round: int, params: torch.Tensor, cohort: Cohort):
-        g = ef21_server(self.g, cohort.updates.double(), self.num_clients)
+        return self.noisy_update(server_round, params, cohort, None)
+
+    def noisy_update(self, server_round: int, params: torch.Tensor, cohort: Cohort, noise: torch.Tensor | None):
+        g = ef21_server(self.g, cohort.updates.double(), self.num_clients, noise=noise)
         seen = self.seen.clone()
         seen[cohort.clients] = True
         self.g, self.seen = g, seen
@@ -78,7 +81,8 @@ class EF14Strategy(FedAvgStrategy):
     name = "ef14"
     feedback = "ef14"
 
-    def __init__(self, participation, **kw):
-        kw["weighting"] = "uniform"
-        super().__init__(participation, **kw)
+    def __init__(self, participation, *, weighting: str = "uniform", **kw):
+        if weighting == "num-examples":  # the config default: EF14 averages the messages uniformly
+            weighting = "uniform"
+        super().__init__(participation, weighting=weighting, **kw)
 

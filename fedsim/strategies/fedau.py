@@ -27,6 +27,14 @@ class FedAUStrategy(FedsimStrategy):
         direction, self.fedau, metrics = fedau.step(self.fedau, cohort.clients, cohort.updates, self.cutoff)
         return params + self.server_lr * direction, metrics
 
+    def noisy_update(self, server_round: int, params: torch.Tensor, cohort: Cohort, noise: torch.Tensor):
+        direction, self.fedau, metrics = fedau.step(self.fedau, cohort.clients, cohort.updates, self.cutoff,
+                                                    noise=noise)
+        return params + self.server_lr * direction, metrics
+
+    def weight_bound(self) -> float:
+        return float(self.cutoff)  # omega_n is a mean of intervals of at most K rounds
+
     def algorithm_state(self) -> dict:
         return self.fedau.as_dict()
 

@@ -99,8 +99,8 @@ class RepairStrategy(AsyncStrategy):
             if self.declines >= self.settings.patience:
                 self.switched_at = server_round
 
-    def summary_extra(self) -> dict:
-        return {"repairs": self.repairs, "repairs_used": self.used,
+    def summary_fields(self, rounds_done: int) -> dict:
+        return {**super().summary_fields(rounds_done), "repairs": self.repairs, "repairs_used": self.used,
                 "repair_seconds_mean": self.seconds / self.repairs if self.repairs else 0.0,
                 "repair_switched_round": self.switched_at}
 

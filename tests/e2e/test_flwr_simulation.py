@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fedsim.config import load_config
+from fedsim.experiments.setup import load as load_config
 from fedsim.experiments.run import run_single
 
 pytest.importorskip("ray", reason="Flower's simulation runtime needs flwr[simulation] (Ray)")

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from fedsim.config import load_config
+from fedsim.experiments.setup import load as load_config
 from fedsim.experiments.run import run_single
 
 from conftest import tiny_config

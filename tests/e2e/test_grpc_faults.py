@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, Error, Message
 
-from fedsim.config import load_config
+from fedsim.experiments.setup import load as load_config
 from fedsim.experiments.run import run_single
 from fedsim.experiments.setup import load_client_data, make_handler
 from fedsim.runtime.inprocess import InProcessGrid

@@ -2,7 +2,7 @@
 
 import pytest
 
-from fedsim.config import load_config
+from fedsim.experiments.setup import load as load_config
 from fedsim.data import DatasetUnavailable, load_dataset
 from fedsim.experiments.run import run_single
 

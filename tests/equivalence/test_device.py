@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from fedsim.config import ConfigError, load_config
+from fedsim.config import ConfigError
+from fedsim.experiments.setup import load as load_config
 from fedsim.experiments.setup import load_client_data, make_handler
 from fedsim.local.device import resolve_device
 from fedsim.local.handler import ClientHandler

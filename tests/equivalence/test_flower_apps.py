@@ -6,7 +6,7 @@ import torch
 from flwr.app import Context, RecordDict
 
 from clients.client_app import app as client_app
-from fedsim.config import load_config
+from fedsim.experiments.setup import load as load_config
 from fedsim.experiments.run import run_single
 from fedsim.runtime.inprocess import AppHandler, InProcessGrid
 from server.server_app import app as server_app

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from fedsim.config import load_config
+from fedsim.experiments.setup import load as load_config
 from fedsim.experiments.run import run_single
 
 

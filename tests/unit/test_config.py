@@ -2,7 +2,8 @@
 
 import pytest
 
-from fedsim.config import ConfigError, arm_configs, load_config, parse_value, preset_names
+from fedsim.config import ConfigError, arm_configs, parse_value, preset_names
+from fedsim.experiments.setup import load as load_config
 
 
 def test_every_preset_loads_and_validates():

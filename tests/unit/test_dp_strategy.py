@@ -8,7 +8,8 @@ import pytest
 import torch
 from flwr.app import ConfigRecord
 
-from fedsim.config import ConfigError, load_config
+from fedsim.config import ConfigError
+from fedsim.experiments.setup import load as load_config
 from fedsim.experiments.run import run_single
 from fedsim.participation import build_participation
 from fedsim.privacy import ParticipationViolation, dense_noise, gaussian_row

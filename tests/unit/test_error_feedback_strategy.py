@@ -9,7 +9,8 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord
 
 from clients.client_app import _handler, app as client_app
-from fedsim.config import ConfigError, load_config
+from fedsim.config import ConfigError
+from fedsim.experiments.setup import load as load_config
 from fedsim.runtime import protocol as P
 from fedsim.runtime.inprocess import AppHandler, InProcessGrid
 from fedsim.runtime.loop import run_rounds

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from fedsim.attacks.functional import local_update
-from fedsim.config import ConfigError, RepairConfig, load_config
+from fedsim.config import ConfigError, RepairConfig
+from fedsim.experiments.setup import load as load_config
 from fedsim.core import staleness as S
 from fedsim.core.history import ModelHistory
 from fedsim.core.params import ParamSpec

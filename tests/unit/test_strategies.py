@@ -56,7 +56,7 @@ def test_afa_cs_keeps_memory_of_absent_workers(tiny):
 
 @pytest.mark.parametrize("name", ["fedavg", "fedau", "afa-cd", "afa-cs"])
 def test_training_reduces_test_loss(tiny, name):
-    from fedsim.config import load_config
+    from fedsim.experiments.setup import load as load_config
     from fedsim.experiments.run import run_single
 
     raw = tiny(**{"strategy.name": name, "rounds": 20, "eval_every": 20, "strategy.m": 3,
