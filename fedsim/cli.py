@@ -3,7 +3,7 @@
     fedsim presets
     fedsim run PRESET_OR_TOML [--set key=value ...] [--out DIR] [--resume] [--quiet]
     fedsim repro ef21 --dataset phishing --method ef21,ef14 [--step-multiplier 8] [--json]
-    fedsim launch | server | client | certs   (the gRPC runtime, see fedsim/runtime/commands.py)
+    fedsim launch | server | client | certs   (the gRPC runtime, see fedsim/experiments/grpc_commands.py)
     fedsim bench runtime [--rounds N] [--skip-flower] [--json]   (see fedsim/bench/)
     fedsim bench sim [--clients-per-round 10,50] [--population 100] [--rounds 5] [--device cpu|cuda] [--json]
 """
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     r.add_argument("--quiet", action="store_true", help="no progress output")
     r.set_defaults(func=_run)
-    from .runtime.commands import add_parsers as add_grpc_parsers
+    from .experiments.grpc_commands import add_parsers as add_grpc_parsers
     add_grpc_parsers(sub)
     from .experiments.repro_cli import add_parser as add_repro_parser
     add_repro_parser(sub)

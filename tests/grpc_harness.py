@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import threading
 
-from fedsim.experiments.setup import load as load_config
+from fedsim.experiments.setup import handler_for_config, load as load_config
 from fedsim.runtime.node import Node
-from fedsim.runtime.server import ServerOptions, make_grid, run_server
+from fedsim.experiments.serve import ServerOptions, make_grid, run_server
 
 
 class ServerThread:
@@ -58,6 +58,7 @@ class NodeThread:
     def __init__(self, address: str, clients, token: str = "", node_cls=Node, **kw):
         kw.setdefault("max_wait", 10.0)
         kw.setdefault("poll", 0.5)
+        kw.setdefault("build_handler", handler_for_config)
         self.node = node_cls(address, list(clients), token, **kw)
         self.code = None
         self.thread = threading.Thread(target=self._main, daemon=True)

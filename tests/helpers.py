@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from flwr.app import ArrayRecord
 
@@ -31,3 +32,26 @@ def train(raw: dict, rounds: int | None = None):
 
 def flat(arrays: ArrayRecord) -> torch.Tensor:
     return torch.cat([t.reshape(-1) for t in arrays.to_torch_state_dict().values()])
+
+
+def run_until(cfg, out, stop_after: int) -> None:
+    """Run ``cfg`` but crash right after round ``stop_after`` is recorded (a simulated kill)."""
+    import fedsim.experiments.run as run_mod
+    from fedsim.experiments.run import run_single
+
+    original = run_mod.run_rounds
+
+    def crashing(*args, on_round, **kw):
+        def wrapped(res, arrays):
+            on_round(res, arrays)
+            if res.round == stop_after:
+                raise KeyboardInterrupt
+        return original(*args, on_round=wrapped, **kw)
+
+    run_mod.run_rounds = crashing
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_single(cfg, out, progress=False)
+    finally:
+        run_mod.run_rounds = original
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == stop_after

@@ -85,6 +85,9 @@ def check(cfg: ExperimentConfig) -> None:
 
     if plugins.is_import_string(cfg.data.name):
         plugins.resolve("data.name", cfg.data.name)
+        if cfg.data.options or cfg.data.dir:
+            raise ConfigError("config keys 'data.options' and 'data.dir' are for the built-in datasets; "
+                              f"the loader '{cfg.data.name}' takes only the seed")
     else:
         one_of("data.name", cfg.data.name, DATASETS)
     one_of("data.partition", cfg.data.partition, SCHEMES)
@@ -194,6 +197,13 @@ def make_handler(cfg: ExperimentConfig, data: ClientData) -> ClientHandler:
                              trainer=cfg.client.trainer, workers=cfg.client.workers, device=cfg.client.device)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def handler_for_config(raw: dict) -> ClientHandler:
+    """A node's warm client handler for the experiment config a server sent (``fedsim client``)."""
+    cfg = load(raw)
+    torch.set_num_threads(cfg.threads)
+    return make_handler(cfg, load_client_data(cfg))
 
 
 def make_participation(cfg: ExperimentConfig, data: ClientData):

@@ -36,8 +36,9 @@ class NodeRefused(RuntimeError):
 
 class Node:
     def __init__(self, server: str, clients: list[int], token: str = "", *, credentials=None, max_wait: float = 60.0,
-                 poll: float = 2.0, name: str = "node"):
+                 poll: float = 2.0, name: str = "node", build_handler=None):
         self.server, self.clients, self.token = server, list(clients), token
+        self.build_handler = build_handler  # experiment config dict -> warm client handler (the composition root's)
         self.credentials, self.max_wait, self.poll, self.name = credentials, max_wait, poll, name
         self.handler = None
         self._config_key = None
@@ -122,12 +123,9 @@ class Node:
     def _prepare(self, info: dict) -> None:
         key = json.dumps(info["config"], sort_keys=True)
         if key != self._config_key:  # first registration or a new experiment: build the warm handler
-            from ..experiments.setup import load as load_config, load_client_data, make_handler
-            import torch
-
-            cfg = load_config(info["config"])
-            torch.set_num_threads(cfg.threads)
-            self.handler = make_handler(cfg, load_client_data(cfg))
+            if self.build_handler is None:
+                raise RuntimeError(f"{self.name}: no build_handler to build clients from the server's config")
+            self.handler = self.build_handler(info["config"])
             self._config_key = key
             self.contexts = {}
         n = int(info["num_clients"])

@@ -32,8 +32,8 @@ class FedAvgStrategy(FedsimStrategy):
         self.cohort_size = float(participation.expected_rate().sum())  # K of the fixed denominator
 
     def server_update(self, server_round: int, params: torch.Tensor, cohort: Cohort):
-        if self.weighting == "fixed":  # summed in float64, as under DP (whose noise is float64)
-            return params + self.server_lr * (cohort.updates.sum(0).double() / self.cohort_size), {}
+        if self.weighting == "fixed":
+            return params + self.server_lr * (cohort.updates.sum(0) / self.cohort_size), {}
         w = cohort.num_examples if self.weighting == "num-examples" else torch.ones_like(cohort.num_examples)
         direction = weighted_mean(cohort.updates, w)
         return params + self.server_lr * direction, {}

@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from fedsim.cli import main
-from fedsim.runtime.commands import parse_shard
-from fedsim.runtime.launch import contiguous
+from fedsim.experiments.grpc_commands import parse_shard
+from fedsim.experiments.launch import contiguous
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S_VERSION = "1.30.0"  # oldest supported minor with GA gRPC probes and everything used here
@@ -210,7 +210,7 @@ def test_server_health_port_answers_the_standard_grpc_health_check():
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from fedsim.runtime.server import serve_health
+    from fedsim.experiments.serve import serve_health
 
     with socket_port() as port:
         server = serve_health(f"127.0.0.1:{port}")

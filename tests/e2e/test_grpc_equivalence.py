@@ -15,7 +15,7 @@ from conftest import tiny_config
 from grpc_harness import NodeThread, ServerThread, split
 
 ANARCHIC = {"name": "anarchic", "p": 0.7, "max_steps": 5, "speed_spread": 1.0}
-WINDOWED = {"strategy.round_time": 1.0, "repair.iterations": 3, "repair.samples": 2, "data.alpha": 0.3,
+WINDOWED = {"strategy.round_time": 1.0, "data.alpha": 0.3,
             "participation": {"name": "uniform", "clients_per_round": 3, "slow_classes": [0], "slow_share": 0.4,
                               "slow_factor": 10.0}}
 
@@ -41,7 +41,7 @@ def _grpc_run(raw, out, nodes=2, **opts):
     {"strategy.name": "fedau", "participation": {"name": "bernoulli", "p": 0.5}},
     {"strategy.name": "ef21", "compression": {"name": "top-k", "density": 0.2}},  # client g_i in the nodes
     {"strategy.name": "afa-cd", "strategy.m": 2, "participation": ANARCHIC},      # asynchronous arrival
-    {"strategy.name": "repair", **WINDOWED},                                     # virtual windows, history
+    {"strategy.name": "repair", **WINDOWED, "repair.iterations": 3, "repair.samples": 2},                                   # virtual windows, history
     {"strategy.name": "fedbuff", **WINDOWED, "strategy.buffer_size": 3},
 ], ids=["fedavg", "fedau", "ef21", "afa-cd", "repair", "fedbuff"])
 def test_grpc_matches_in_process(tmp_path, over):

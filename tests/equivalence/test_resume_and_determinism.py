@@ -8,6 +8,8 @@ import torch
 from fedsim.experiments.setup import load as load_config
 from fedsim.experiments.run import run_single
 
+from helpers import run_until
+
 
 def _rows(path):
     return [json.loads(x) for x in path.read_text().splitlines()]
@@ -17,57 +19,38 @@ UNIFORM = {"name": "uniform", "clients_per_round": 4}
 
 
 SLOW = {"name": "uniform", "clients_per_round": 4, "slow_classes": [0], "slow_share": 0.4, "slow_factor": 30.0}
-WINDOW = {"strategy.round_time": 1.0, "repair.iterations": 3, "repair.samples": 2, "data.alpha": 0.3}
+WINDOW = {"strategy.round_time": 1.0, "data.alpha": 0.3}
+ANARCHIC = {"name": "anarchic", "p": 0.7, "max_steps": 5, "speed_spread": 1.0}
 
 
 @pytest.mark.parametrize("name, participation, compression, extra", [
     ("fedavg", UNIFORM, {}, {}),
     ("fedau", {"name": "markov", "p": 0.4, "markov_a": 0.3}, {}, {}),
-    ("afa-cd", {"name": "anarchic", "p": 0.7, "max_steps": 5, "speed_spread": 1.0}, {}, {}),
-    ("afa-cs", {"name": "anarchic", "p": 0.7, "max_steps": 5, "speed_spread": 1.0}, {}, {}),
+    ("afa-cd", ANARCHIC, {}, {"strategy.m": 2}),
+    ("afa-cs", ANARCHIC, {}, {"strategy.m": 2}),
     ("ef21", UNIFORM, {"name": "top-k", "density": 0.1}, {}),      # client g_i and server g restored
     ("ef14", UNIFORM, {"name": "rand-k", "k": 5}, {}),             # client residuals restored
     ("dp-mf", {"name": "fixed-epoch", "clients_per_round": 4}, {}, {}),  # noise stream and history restored
     ("fedbuff", SLOW, {}, {**WINDOW, "strategy.buffer_size": 3}),  # a part-filled buffer restored
     ("fedasync", SLOW, {}, WINDOW),                                # model history restored
-    ("repair", SLOW, {}, WINDOW),                                  # history and switch state restored
+    ("repair", SLOW, {}, {**WINDOW, "repair.iterations": 3, "repair.samples": 2}),  # history, switch state
+    ("fedau", UNIFORM, {}, {"server_optimizer": {"name": "momentum", "momentum": 0.9}}),  # server velocity
+    ("fedbuff", SLOW, {}, {**WINDOW, "privacy.user_level": True, "privacy.noise_multiplier": 0.5}),  # DP x async
 ])
 def test_resume_continues_identically(tmp_path, tiny, name, participation, compression, extra):
-    raw = tiny(**{"strategy.name": name, "strategy.m": 2, "participation": participation,
+    raw = tiny(**{"strategy.name": name, "participation": participation,
                   "rounds": 8, "checkpoint_every": 4, "eval_every": 1, "compression": compression,
-                  "privacy": {"mechanism": "blt"}, **extra})
+                  "privacy.mechanism": "blt" if name == "dp-mf" else "identity", **extra})
     cfg = load_config(raw)
     straight = run_single(cfg, tmp_path / "a", progress=False)
 
     # Crash after round 6 (checkpoint at round 4): resuming drops rows 5-6 and redoes them.
     run_dir = tmp_path / "c"
-    _run_until(cfg, run_dir, stop_after=6)
+    run_until(cfg, run_dir, stop_after=6)
     assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["round"] == 4
     resumed = run_single(cfg, run_dir, resume=True, progress=False)
     assert _rows(run_dir / "metrics.jsonl") == _rows(tmp_path / "a" / "metrics.jsonl")
     assert resumed["final_accuracy"] == straight["final_accuracy"]
-
-
-def _run_until(cfg, out, stop_after):
-    """Run ``cfg`` but crash right after round ``stop_after`` is recorded (a simulated kill)."""
-    import fedsim.experiments.run as run_mod
-
-    original = run_mod.run_rounds
-
-    def crashing(*args, on_round, **kw):
-        def wrapped(res, arrays):
-            on_round(res, arrays)
-            if res.round == stop_after:
-                raise KeyboardInterrupt
-        return original(*args, on_round=wrapped, **kw)
-
-    run_mod.run_rounds = crashing
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            run_single(cfg, out, progress=False)
-    finally:
-        run_mod.run_rounds = original
-    assert len(_rows(out / "metrics.jsonl")) == stop_after
 
 
 def test_same_seed_twice_gives_identical_metrics(tmp_path, tiny):

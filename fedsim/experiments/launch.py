@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from ..config import ConfigError, arm_configs
-from ..experiments.setup import load as load_config
+from .setup import load as load_config
 
 
 
@@ -40,7 +40,7 @@ def contiguous(num_clients: int, parts: int) -> list[list[int]]:
 
 def launch(config: str, overrides: list[str], *, processes: int, out: str | None = None, insecure: bool = False,
            round_timeout: float = 120.0, quiet: bool = False, echo=print) -> int:
-    from ..experiments.report import comparison_table, plot_curves, read_rows
+    from .report import comparison_table, plot_curves, read_rows
 
     cfg = load_config(config, overrides)
     out = Path(out or os.path.join("runs", f"{cfg.name}-grpc"))
@@ -64,7 +64,7 @@ def launch(config: str, overrides: list[str], *, processes: int, out: str | None
 
 
 def _launch_one(config, overrides, arm, num_clients, processes, out: Path, insecure, round_timeout, quiet, echo) -> int:
-    from .security import make_certs, write_tokens
+    from ..runtime.security import make_certs, write_tokens
 
     ranges = contiguous(num_clients, processes)
     work = out / ".launch"

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import ConfigError, ExperimentConfig
-from .grpc_grid import GrpcGrid
-from .grpc_service import DEFAULT_MAX_MESSAGE_MB, serve
-from .security import TokenBook, is_loopback, server_credentials
+from ..runtime.grpc_grid import GrpcGrid
+from ..runtime.grpc_service import DEFAULT_MAX_MESSAGE_MB, serve
+from ..runtime.security import TokenBook, is_loopback, server_credentials
 
 log = logging.getLogger("fedsim.grpc")
 
@@ -56,7 +56,7 @@ def make_grid(cfg: ExperimentConfig, opts: ServerOptions) -> GrpcGrid:
 def run_server(cfg: ExperimentConfig, out: str | Path, opts: ServerOptions, *, resume: bool = False,
                progress: bool = True, on_listen=None, grid: GrpcGrid | None = None) -> dict:
     """Serve one run to completion; ``on_listen(port)`` is called once the port is bound."""
-    from ..experiments.run import run_single
+    from .run import run_single
 
     check_options(opts)
     grid = grid or make_grid(cfg, opts)
@@ -92,7 +92,7 @@ def serve_health(address: str):
     import grpc
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-    from .grpc_service import SERVICE
+    from ..runtime.grpc_service import SERVICE
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="health"))
     servicer = health.HealthServicer()

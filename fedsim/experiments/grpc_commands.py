@@ -19,8 +19,8 @@ import sys
 
 def _server(args) -> int:
     from ..config import ConfigError, arm_configs
-    from ..experiments.setup import load as load_config
-    from .server import ServerOptions, run_server
+    from .setup import load as load_config
+    from .serve import ServerOptions, run_server
 
     cfg = load_config(args.config, args.set)
     if cfg.arms:
@@ -48,8 +48,9 @@ def _server(args) -> int:
 def _client(args) -> int:
     from ..config import ConfigError
     from .launch import contiguous
-    from .node import Node
-    from .security import channel_credentials, is_loopback, parse_clients, read_token
+    from ..runtime.node import Node
+    from .setup import handler_for_config
+    from ..runtime.security import channel_credentials, is_loopback, parse_clients, read_token
 
     if (args.clients is None) == (args.shard is None):
         raise ConfigError("fedsim client needs exactly one of --clients and --shard")
@@ -76,7 +77,8 @@ def _client(args) -> int:
     creds = None if args.insecure else channel_credentials(args.tls_dir)
     token = read_token(args.token_file) if args.token_file else ""
     _terminate_as_interrupt()
-    node = Node(args.server, clients, token, credentials=creds, max_wait=args.max_wait, name=name)
+    node = Node(args.server, clients, token, credentials=creds, max_wait=args.max_wait, name=name,
+                build_handler=handler_for_config)
     return node.run()
 
 
@@ -95,7 +97,7 @@ def parse_shard(spec: str) -> tuple[int, int]:
 
 def _certs(args) -> int:
     from .launch import contiguous
-    from .security import make_certs, write_tokens
+    from ..runtime.security import make_certs, write_tokens
 
     make_certs(args.out, args.host)
     print(f"CA and server certificate in {args.out}/ (ca.pem, server.pem, server.key)")

@@ -1,0 +1,118 @@
+"""Server stages around any strategy: user-level DP (noise 0 and an unbounded clip is the
+non-private run, exactly), composition with compression and asynchrony, server momentum (FedAvgM),
+and the config errors that name the key."""
+
+import json
+
+import pytest
+import torch
+
+from fedsim.config import ConfigError
+from fedsim.experiments.run import run_single
+from fedsim.experiments.setup import load
+from fedsim.stages import ServerMomentum
+
+from conftest import tiny_config
+from helpers import train
+
+NO_NOISE = {"privacy.user_level": True, "privacy.noise_multiplier": 0.0, "privacy.clip_norm": 1e9}
+ASYNC = {"participation": {"name": "uniform", "clients_per_round": 3, "speed_spread": 1.0},
+         "strategy.round_time": 0.6}
+# every strategy the DP stage can wrap, with what it needs to run
+DP_ABLE = {"fedavg": {"strategy.weighting": "fixed"}, "ef14": {"strategy.weighting": "fixed"},
+           "fedau": {}, "ef21": {"compression": {"name": "top-k", "density": 0.3}},
+           "fedbuff": {**ASYNC, "strategy.buffer_size": 2}}
+
+
+def _rows(path):
+    return [json.loads(x) for x in (path / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("name", list(DP_ABLE))
+def test_noise_zero_and_unbounded_clip_equal_the_non_private_run(name, tmp_path):
+    raw = tiny_config(**{"strategy.name": name, **DP_ABLE[name]})
+    plain = run_single(load(raw), tmp_path / "plain", progress=False)
+    dp = run_single(load({**raw, "privacy": {"user_level": True, "noise_multiplier": 0.0, "clip_norm": 1e9}}),
+                    tmp_path / "dp", progress=False)
+    a, b = _rows(tmp_path / "plain"), _rows(tmp_path / "dp")
+    extra = {"epsilon", "delta", "mechanism"}
+    assert [{k: v for k, v in r.items() if not k.startswith("dp/") and k not in extra} for r in b] == a
+    assert plain["final_accuracy"] == dp["final_accuracy"] and dp["epsilon"] == float("inf")
+
+
+def test_every_dp_able_registry_strategy_is_covered_here():
+    from fedsim.strategies.registry import STRATEGIES
+
+    able = {n for n, r in STRATEGIES.items() if r.user_level_dp and not r.implies}
+    assert able == set(DP_ABLE)
+
+
+def test_dp_fedau_spends_epsilon_and_noise_scales_with_the_cutoff(tmp_path):
+    raw = tiny_config(**{"strategy.name": "fedau", "strategy.cutoff": 4, "privacy.user_level": True,
+                         "privacy.noise_multiplier": 1.0, "privacy.clip_norm": 0.5})
+    summary = run_single(load(raw), tmp_path, progress=False)
+    assert 0 < summary["epsilon"] < float("inf") and summary["sampling"] == 0.5  # K / N = 4 / 8
+    quiet, _, _ = train(tiny_config(rounds=1, **{"strategy.name": "fedau", "strategy.cutoff": 4, **NO_NOISE}))
+    noisy, _, strategy = train(tiny_config(rounds=1, **{"strategy.name": "fedau", "strategy.cutoff": 4,
+                                                        "privacy.user_level": True, "privacy.noise_multiplier": 1.0,
+                                                        "privacy.clip_norm": 1e9}))
+    dp = strategy.pipeline.stages[0]
+    noise = (noisy - quiet).double() * 8 / 4  # (sum + cutoff * w) / N: w = (noisy - quiet) N / cutoff
+    assert noise.std().item() == pytest.approx(dp.std, rel=0.1)
+
+
+def test_dp_with_an_asynchronous_strategy_claims_no_amplification(tmp_path):
+    raw = tiny_config(**{"strategy.name": "fedbuff", **ASYNC, "privacy.user_level": True,
+                         "privacy.noise_multiplier": 1.0})
+    summary = run_single(load(raw), tmp_path, progress=False)
+    assert summary["sampling"] == 1.0 and 0 < summary["epsilon"] < float("inf")
+    with pytest.raises(ConfigError, match="asynchronous strategy takes privacy.mechanism = 'identity'"):
+        run_single(load({**raw, "privacy": {**raw["privacy"], "mechanism": "banded"}}), tmp_path / "b", progress=False)
+
+
+@pytest.mark.parametrize("name", ["direct", "afa-cd", "afa-cs", "fedasync"])
+def test_a_strategy_without_a_noisy_sum_is_refused(name):
+    with pytest.raises(ConfigError, match=f"config key 'privacy.user_level': strategy '{name}'"):
+        load(tiny_config(**{"strategy.name": name, "privacy.user_level": True}))
+
+
+def test_dp_fedavg_needs_a_fixed_denominator():
+    with pytest.raises(ConfigError, match="config key 'strategy.weighting' must be 'fixed'"):
+        load(tiny_config(**{"privacy.user_level": True}))
+
+
+def test_dp_fedavg_alias_is_fedavg_fixed_with_the_stage():
+    a, _, _ = train(tiny_config(**{"strategy.name": "dp-fedavg", "privacy.noise_multiplier": 0.3}))
+    b, _, _ = train(tiny_config(**{"strategy.weighting": "fixed", "privacy.user_level": True,
+                                   "privacy.noise_multiplier": 0.3}))
+    assert torch.equal(a, b)
+
+
+def test_server_momentum_zero_is_the_plain_step_and_beta_accumulates():
+    plain, _, _ = train(tiny_config(rounds=3))
+    zero, _, _ = train(tiny_config(rounds=3, server_optimizer={"name": "momentum", "momentum": 0.0}))
+    assert torch.allclose(plain, zero, atol=1e-7)
+    stage = ServerMomentum(momentum=0.5)
+    stage.init(2)
+    x0 = torch.tensor([1.0, 1.0])
+    x1 = stage.after(1, x0, x0 + torch.tensor([1.0, 0.0]), {})      # v = d1
+    x2 = stage.after(2, x1, x1 + torch.tensor([0.0, 2.0]), {})      # v = 0.5 d1 + d2
+    assert torch.equal(x1, torch.tensor([2.0, 1.0])) and torch.equal(x2, torch.tensor([2.5, 3.0]))
+
+
+@pytest.mark.parametrize("over, message", [
+    ({"strategy.round_time": 1.0}, "config key 'strategy.round_time' is not read by strategy 'fedavg'"),
+    ({"strategy.name": "fedau", "strategy.buffer_size": 3}, "config key 'strategy.buffer_size' is not read"),
+    ({"repair.iterations": 3}, "config key 'repair.iterations' is not read by strategy 'fedavg' \\(it is read by repair\\)"),
+    ({"server_optimizer": {"name": "adam"}}, "config key 'server_optimizer.name' must be one of"),
+    ({"server_optimizer": {"name": "momentum", "beta": 0.9}}, "config key 'server_optimizer.beta' is not read"),
+])
+def test_keys_the_strategy_does_not_read_are_errors(over, message):
+    with pytest.raises(ConfigError, match=message):
+        load(tiny_config(**over))
+
+
+def test_afa_cd_takes_round_time_windows():
+    _, results, strategy = train(tiny_config(rounds=4, **{"strategy.name": "afa-cd", **ASYNC}))
+    times = [r.virtual_time for r in results]
+    assert times == pytest.approx([0.6, 1.2, 1.8, 2.4])
