@@ -75,9 +75,8 @@ def test_model_history_keeps_only_wanted_versions_within_its_limit():
     ("repair", {}),                            # zero staleness: repair is a no-op
 ])
 def test_without_staleness_async_strategies_reduce_to_fedavg(tiny, name, extra):
-    common = {"participation": FULL, "strategy.weighting": "uniform", "strategy.m": 8}
-    ref, _, _ = train(tiny(**common, **{"strategy.name": "fedavg"}))
-    got, results, strategy = train(tiny(**common, **{"strategy.name": name, **extra}))
+    ref, _, _ = train(tiny(participation=FULL, **{"strategy.name": "fedavg", "strategy.weighting": "uniform"}))
+    got, results, strategy = train(tiny(participation=FULL, **{"strategy.name": name, "strategy.m": 8, **extra}))
     assert all(r.metrics["server/staleness_max"] == 0 for r in results)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
     if name == "repair":
