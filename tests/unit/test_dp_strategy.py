@@ -21,7 +21,7 @@ EPOCHS = {"name": "fixed-epoch", "clients_per_round": 4}  # 8 clients: b = 2 rou
 
 
 def test_noise_multiplier_zero_and_a_huge_clip_is_fedavg_exactly():
-    plain, _, _ = train(tiny_config(**{"strategy.weighting": "uniform"}))
+    plain, _, _ = train(tiny_config(**{"strategy.weighting": "fixed"}))
     dp, _, _ = train(tiny_config(**{"strategy.name": "dp-fedavg", "privacy.noise_multiplier": 0.0,
                                     "privacy.clip_norm": 1e9}))
     assert torch.equal(dp, plain)
@@ -34,9 +34,10 @@ def test_first_round_noise_is_row_0_of_the_factorizations_noise(mechanism):
             "participation": EPOCHS}
     quiet, _, _ = train(tiny_config(rounds=1, **over, **{"privacy.noise_multiplier": 0.0}))
     noisy, _, strategy = train(tiny_config(rounds=1, **over, **{"privacy.noise_multiplier": 0.7}))
-    f, dim = strategy.factorization, strategy.spec.dim
+    dp = strategy.pipeline.stages[0]
+    f, dim = dp.factorization, strategy.spec.dim
     Z = torch.stack([gaussian_row(strategy.seed, t, dim) for t in range(f.C.shape[0])]).numpy()
-    expected = strategy.std * dense_noise(f, Z)[0] / 4
+    expected = dp.std * dense_noise(f, Z)[0] / 4
     assert np.allclose((noisy - quiet).double().numpy(), expected, atol=1e-5)
 
 
@@ -49,8 +50,8 @@ def test_same_seed_same_noise_other_seed_other_noise():
 
 
 def test_dp_mf_refuses_a_participation_it_cannot_account_for():
-    with pytest.raises(ConfigError, match="fixed-epoch"):
-        load_config_and_build(tiny_config(**{"strategy.name": "dp-mf"}))  # uniform sampling
+    with pytest.raises(ConfigError, match="fixed-epoch"):  # correlated noise under uniform sampling
+        load_config_and_build(tiny_config(**{"strategy.name": "dp-mf", "privacy.mechanism": "banded"}))
 
 
 def load_config_and_build(raw):

@@ -145,7 +145,7 @@ def _slow_raw(tiny, name, **extra):
     return tiny(**{"strategy.name": name, "strategy.round_time": 1.0, "rounds": 10, "data.alpha": 0.3,
                    "participation": {"name": "uniform", "clients_per_round": 3, "slow_classes": [0],
                                      "slow_share": 0.4, "slow_factor": 30.0},
-                   "repair.iterations": 3, "repair.samples": 2, **extra})
+                   **({"repair.iterations": 3, "repair.samples": 2} if name == "repair" else {}), **extra})
 
 
 def test_slow_classes_make_the_clients_holding_them_slower():
