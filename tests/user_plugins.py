@@ -42,6 +42,6 @@ class ScaledFedAvg(FedAvgStrategy):
         super().__init__(participation, weighting="uniform", **kw)
         self.scale = float(scale)
 
-    def server_update(self, server_round, params, cohort):
-        new, metrics = super().server_update(server_round, params, cohort)
-        return params + self.scale * (new - params), {**metrics, "scaled/scale": self.scale}
+    def server_update(self, server_round, params, cohort, state, noise=None):
+        new, state, metrics = super().server_update(server_round, params, cohort, state, noise)
+        return params + self.scale * (new - params), state, {**metrics, "scaled/scale": self.scale}

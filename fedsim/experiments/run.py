@@ -22,13 +22,14 @@ from flwr.app import ArrayRecord
 from ..config import ConfigError, ExperimentConfig, arm_configs
 from ..core.params import ParamSpec
 from ..local.evaluate import evaluate_classes
+from ..runtime.grid import as_fedsim_grid
 from ..runtime.inprocess import InProcessGrid
 from ..runtime.loop import RoundResult, run_rounds
 from .progress import Progress
 from .report import budget_table, comparison_table, plot_curves, read_rows
 from .setup import load_client_data, make_handler, make_model, make_strategy
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: stage state in the strategy, arrival queue in the grid, no loop-owned pending set
 
 
 class CheckpointError(RuntimeError):
@@ -75,6 +76,7 @@ def run_single(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, 
     own_grid = grid is None  # ours to close: it may hold worker processes (client.workers)
     if grid is None:
         grid = InProcessGrid(make_handler(cfg, data), cfg.data.num_clients, seed=cfg.seed)
+    grid = as_fedsim_grid(grid)
     eval_model = make_model(cfg, data.dataset)
     spec = ParamSpec.of(eval_model)
     arrays = ArrayRecord(torch_state_dict=eval_model.state_dict())
@@ -85,9 +87,9 @@ def run_single(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, 
         raise ConfigError(str(exc)) from None
 
     metrics_path, ckpt_path, timing_path = out / "metrics.jsonl", out / "checkpoint.pt", out / "timing.jsonl"
-    first, pending = 1, set()
+    first = 1
     if resume and ckpt_path.exists():
-        first, arrays, pending = _restore(ckpt_path, cfg, strategy, grid, metrics_path)
+        first, arrays = _restore(ckpt_path, cfg, strategy, grid, metrics_path)
     elif metrics_path.exists():
         metrics_path.unlink()
     if not resume and timing_path.exists():
@@ -116,12 +118,11 @@ def run_single(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, 
             timing.flush()
             bar.update(res.round, row["accuracy"], first)
             if last or (cfg.checkpoint_every and res.round % cfg.checkpoint_every == 0):
-                _save(ckpt_path, cfg, res.round, strategy, grid, pending, finished=last)
+                _save(ckpt_path, cfg, res.round, strategy, grid, finished=last)
             return last
 
         try:
-            run_rounds(strategy, grid, arrays, first_round=first, last_round=cfg.rounds, pending=pending,
-                       on_round=on_round)
+            run_rounds(strategy, grid, arrays, first_round=first, last_round=cfg.rounds, on_round=on_round)
         finally:
             if own_grid:
                 grid.close()
@@ -132,8 +133,9 @@ def run_single(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, 
         wall = json.loads((out / "summary.json").read_text()).get("wall_seconds", wall)
     summary = _summary(cfg, rows, wall)
     summary["runtime"] = "in-process" if isinstance(grid, InProcessGrid) else type(grid).__name__
-    if hasattr(grid, "transport_stats"):  # answers the transport refused (auth, foreign, oversized, late)
-        summary["transport"] = grid.transport_stats()
+    transport = grid.transport_stats()  # answers the transport refused (auth, foreign, oversized, late)
+    if transport is not None:
+        summary["transport"] = transport
     summary.update(strategy.summary_fields(summary["rounds"]))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     plot_curves({label or cfg.strategy.name: rows}, out / "curves.png", cfg.name)
@@ -160,9 +162,9 @@ def _stale_summary(evals: list[dict]) -> dict:
             "tail_accuracy_stale_classes": sum(stale[-5:]) / len(stale[-5:])}
 
 
-def _save(path: Path, cfg: ExperimentConfig, rnd: int, strategy, grid, pending: set[str], finished: bool) -> None:
-    state = {"version": CHECKPOINT_VERSION, "round": rnd, "finished": finished, "config": cfg.to_dict(), "strategy": strategy.state_dict(),
-             "grid": grid.state_dict() if hasattr(grid, "state_dict") else None, "pending": sorted(pending)}
+def _save(path: Path, cfg: ExperimentConfig, rnd: int, strategy, grid, finished: bool) -> None:
+    state = {"version": CHECKPOINT_VERSION, "round": rnd, "finished": finished, "config": cfg.to_dict(),
+             "strategy": strategy.state_dict(), "grid": grid.state_dict()}
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
@@ -178,11 +180,10 @@ def _restore(path: Path, cfg: ExperimentConfig, strategy, grid, metrics_path: Pa
     if state["config"] != cfg.to_dict():
         raise CheckpointError(f"checkpoint {path} was written by a different config; use another --out")
     strategy.load_state_dict(state["strategy"])
-    if state["grid"] is not None and hasattr(grid, "load_state_dict"):
-        grid.load_state_dict(state["grid"])
+    grid.load_state_dict(state["grid"])
     rnd = int(state["round"])
     if metrics_path.exists():  # drop rows written after the checkpoint
         rows = [r for r in read_rows(metrics_path) if r["round"] <= rnd]
         metrics_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     first = cfg.rounds + 1 if state["finished"] else rnd + 1  # a finished run is only re-summarised
-    return first, strategy.global_arrays(), set(state["pending"])
+    return first, strategy.global_arrays()

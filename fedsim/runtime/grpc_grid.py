@@ -9,9 +9,10 @@ the message it answers, each message is answered once, and late answers to forgo
 dropped. Every refusal is counted (``transport_stats``) and logged.
 
 Arrival order: with ``arrival="virtual"`` (default) a reply is due at push time + its
-``sim-latency`` on a virtual clock, exactly as in ``InProcessGrid``; ``pull_until`` waits (wall
-clock) until every answer due by the ``need``-th earliest due time is physically in, so synchronous
-and asynchronous strategies (AFA-CD) see the same answers in the same order as under ``fedsim run``.
+``sim-latency`` on a virtual clock, in the same ``ArrivalQueue`` as ``InProcessGrid`` uses;
+``pull_until`` waits (wall clock) until every answer due by the ``need``-th earliest due time is
+physically in, so synchronous and asynchronous strategies (AFA-CD) see the same answers in the same
+order as under ``fedsim run``.
 With ``arrival="wall"`` answers count in the order they really arrive. Either way a wall-clock
 ``round_timeout`` bounds every wait: a dead node delays a round, never hangs it.
 """
@@ -33,6 +34,7 @@ from flwr.proto.message_pb2 import Message as ProtoMessage  # pylint: disable=no
 from flwr.supercore.run import Run
 
 from . import protocol as P
+from .grid import ArrivalQueue, FedsimGrid
 from .inprocess import RunGrid, client_node_ids, set_task_identity
 from .security import TokenBook
 
@@ -50,11 +52,9 @@ class Refused(Exception):
 @dataclass
 class _Request:
     dst: int
-    due: float       # virtual arrival time of the answer
-    seq: int         # push order (ties in ``due`` keep it)
+    seq: int         # push order
     data: bytes      # the serialized Flower message
     owner: str | None = None  # session it was delivered to (None: still in the outbox)
-    overdue: bool = False     # missed a round's timeout: no longer holds up later waits
 
 
 @dataclass
@@ -65,7 +65,7 @@ class _Session:
     told_done: bool = False
 
 
-class GrpcGrid(RunGrid):
+class GrpcGrid(RunGrid, FedsimGrid):
     def __init__(self, num_clients: int, *, seed: int = 0, run_id: int = 1, config: dict | None = None,
                  tokens: TokenBook | None = None, arrival: str = "virtual", round_timeout: float = 120.0):
         if arrival not in ("virtual", "wall"):
@@ -74,7 +74,7 @@ class GrpcGrid(RunGrid):
         self.arrival, self.round_timeout = arrival, float(round_timeout)
         self.node_ids = client_node_ids(num_clients, seed)
         self.client_of = {nid: cid for cid, nid in enumerate(self.node_ids)}
-        self.now = 0.0
+        self.arrivals = ArrivalQueue()  # due times, push order, answers in, overdue requests
         self.done = False
         self.stats: Counter = Counter()
         self._t0 = time.monotonic()
@@ -85,11 +85,14 @@ class GrpcGrid(RunGrid):
         self._owner: dict[int, str] = {}          # node id -> session id
         self._outbox: dict[int, list[str]] = {}   # node id -> message ids not yet delivered
         self._requests: dict[str, _Request] = {}  # message id -> request still awaiting pull
-        self._replies: dict[str, Message] = {}    # message id -> reply in, not yet pulled
         self._arrived: dict[str, int] = {}        # message id -> arrival order (wall mode)
         self._forgotten: set[str] = set()
         self._replaced: set[str] = set()          # sessions that lost every node to a newer one
         set_task_identity(run_id)
+
+    @property
+    def now(self) -> float:
+        return self.arrivals.now
 
     # --- Flower Grid API -------------------------------------------------------------------------
     def get_node_ids(self) -> Iterable[int]:
@@ -109,9 +112,8 @@ class GrpcGrid(RunGrid):
                 config = msg.content.config_records.get(P.CONFIG)
                 if msg.metadata.message_type.startswith(MessageType.TRAIN) and config is not None:
                     latency = float(config.get(P.SIM_LATENCY, 0.0))
-                if latency < 0:
-                    raise ValueError(f"negative latency {latency}")
-                self._requests[mid] = _Request(dst, self.now + latency, seq, message_to_proto(msg).SerializeToString())
+                self.arrivals.expect(mid, latency, seq)
+                self._requests[mid] = _Request(dst, seq, message_to_proto(msg).SerializeToString())
                 self._outbox.setdefault(dst, []).append(mid)
                 ids.append(mid)
             self._cond.notify_all()
@@ -120,7 +122,7 @@ class GrpcGrid(RunGrid):
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         """Every wanted reply that is in (the virtual clock moves to the latest one's due time)."""
         with self._cond:
-            mids = [m for m in message_ids if m in self._replies]
+            mids = [m for m in message_ids if m in self.arrivals.replies]
             return self._take(sorted(mids, key=self._order))
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
@@ -141,7 +143,7 @@ class GrpcGrid(RunGrid):
         if window is not None and self.arrival == "wall":
             deadline = min(deadline, time.monotonic() + window)
         elif window is not None:
-            cap = self.now + window
+            cap = self.arrivals.now + window
         with self._cond:
             wanted = [m for m in message_ids if m in self._requests]
             while True:
@@ -154,59 +156,51 @@ class GrpcGrid(RunGrid):
                 self._cond.wait(min(left, 1.0))
 
     def _ready(self, wanted: list[str], need: int, cap: float | None = None) -> list[str] | None:
-        alive = sorted((m for m in wanted if m in self._requests and (not self._requests[m].overdue
-                                                                     or m in self._replies)), key=self._order)
-        if self.arrival == "wall":
-            got = [m for m in alive if m in self._replies]
-            return got if len(got) >= min(need, len(alive)) else None
-        horizon = self.now if need <= 0 or not alive else max(self.now, self._requests[alive[min(need, len(alive)) - 1]].due)
-        if cap is not None:  # a virtual window: stop at its end unless enough answers are due before
-            horizon = cap if need > len(alive) else min(horizon, cap)
-        due = [m for m in alive if self._requests[m].due <= horizon]
-        if all(m in self._replies for m in due):
-            self.now = horizon
-            return due
-        return None
+        q = self.arrivals
+        if self.arrival == "virtual":
+            return q.ready(wanted, need, cap)
+        alive = [m for m in wanted if m in self._requests and (m not in q.overdue or m in q.replies)]
+        got = sorted((m for m in alive if m in q.replies), key=self._order)
+        return got if len(got) >= min(need, len(alive)) else None
 
     def _late(self, wanted: list[str], need: int) -> list[str]:
-        got = sorted((m for m in wanted if m in self._replies), key=self._order)
+        q = self.arrivals
+        got = sorted((m for m in wanted if m in q.replies), key=self._order)
         if self.arrival == "virtual" and got:
-            alive = sorted((m for m in wanted if m in self._requests), key=self._order)
-            horizon = max(self.now, self._requests[alive[min(max(need, 1), len(alive)) - 1]].due)
-            on_time = [m for m in got if self._requests[m].due <= horizon]
+            alive = sorted((m for m in wanted if m in q.due), key=q.order)
+            horizon = max(q.now, q.due[alive[min(max(need, 1), len(alive)) - 1]][0])
+            on_time = [m for m in got if q.due[m][0] <= horizon]
             got = on_time + [m for m in got if m not in on_time][:max(0, need - len(on_time))]
-            self.now = max([horizon] + [self._requests[m].due for m in got])
+            q.now = max([horizon] + [q.due[m][0] for m in got])
         for mid in wanted:  # answers still missing stop holding up later rounds (accepted if they come)
-            if mid in self._requests and mid not in self._replies:
-                self._requests[mid].overdue = True
+            if mid in self._requests and mid not in q.replies:
+                q.overdue.add(mid)
         log.warning("waited %.1f s: %d of %d answers needed are in; going on without the rest",
                     self.round_timeout, len(got), need)
         self.stats["timeouts"] += 1
         return got
 
     def _order(self, mid: str):
-        req = self._requests[mid]
-        return (self._arrived.get(mid, 0), req.seq) if self.arrival == "wall" else (req.due, req.seq)
+        if self.arrival == "wall":
+            return self._arrived.get(mid, 0), self._requests[mid].seq
+        return self.arrivals.order(mid)
 
     def _take(self, mids: list[str]) -> list[Message]:
-        out = []
         for mid in mids:
-            reply = self._replies.pop(mid)
-            req = self._requests.pop(mid)
+            self._requests.pop(mid)
             self._arrived.pop(mid, None)
-            if self.arrival == "virtual":
-                self.now = max(self.now, req.due)
-            out.append(reply)
+        out = self.arrivals.take(mids)
         if self.arrival == "wall":
-            self.now = time.monotonic() - self._t0
+            self.arrivals.now = time.monotonic() - self._t0
         return out
 
     def forget(self, message_ids: Iterable[str]) -> None:
         """Stop waiting for these messages: undelivered ones are withdrawn, late answers dropped."""
         with self._cond:
+            message_ids = list(message_ids)
+            self.arrivals.forget(message_ids)
             for mid in message_ids:
                 req = self._requests.pop(mid, None)
-                self._replies.pop(mid, None)
                 if req is not None:
                     self._forgotten.add(mid)
                     if req.owner is None and mid in self._outbox.get(req.dst, []):
@@ -238,6 +232,10 @@ class GrpcGrid(RunGrid):
     def transport_stats(self) -> dict:
         with self._cond:
             return dict(self.stats)
+
+    def outstanding(self) -> set[str]:
+        with self._cond:
+            return set(self._requests)
 
     # --- node side (called from gRPC worker threads) ----------------------------------------------
     def register(self, token: str, clients: list[int], peer: str = "?") -> tuple[str, dict]:
@@ -306,13 +304,13 @@ class GrpcGrid(RunGrid):
             if req.dst != meta.src_node_id or req.dst not in session.nodes:
                 self._refuse("foreign", f"refused reply from {session.name}: message {mid} went to node {req.dst}, "
                              f"not to node {meta.src_node_id} of this session")
-            if mid in self._replies:
+            if mid in self.arrivals.replies:
                 self._refuse("duplicate", f"{session.name}: message {mid} was already answered", "ALREADY_EXISTS")
             too_big = max_bytes is not None and len(data) > max_bytes
             if too_big:
                 reason = f"reply of {len(data)} bytes is over the {max_bytes}-byte limit"
                 reply = Message(metadata=reply.metadata, error=Error(code=413, reason=reason))
-            self._replies[mid] = reply
+            self.arrivals.arrive(mid, reply)
             self._arrived[mid] = next(self._seq)
             self.stats["replies"] += 1
             self._cond.notify_all()
@@ -339,7 +337,8 @@ class GrpcGrid(RunGrid):
             if not session.nodes:
                 del self._sessions[sid]
                 self._replaced.add(sid)
-        again = [m for m, r in self._requests.items() if r.dst == nid and r.owner == sid and m not in self._replies]
+        again = [m for m, r in self._requests.items()
+                 if r.dst == nid and r.owner == sid and m not in self.arrivals.replies]
         for mid in again:
             self._requests[mid].owner = None
         self._outbox[nid] = sorted(set(self._outbox.get(nid, [])) | set(again), key=lambda m: self._requests[m].seq)
@@ -356,18 +355,16 @@ class GrpcGrid(RunGrid):
         with self._cond:
             seq = next(self._seq)
             self._seq = itertools.count(seq)
-            return {"now": self.now, "seq": seq,
-                    "requests": {m: (r.dst, r.due, r.seq, r.data) for m, r in self._requests.items()},
-                    "replies": {m: message_to_proto(r).SerializeToString() for m, r in self._replies.items()}}
+            return {"seq": seq, "arrivals": self.arrivals.state_dict(),
+                    "requests": {m: (r.dst, r.seq, r.data) for m, r in self._requests.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore; requests that were out are sent again (nodes answer deterministically)."""
         with self._cond:
-            self.now = float(state["now"])
             self._seq = itertools.count(int(state["seq"]))
-            self._requests = {m: _Request(int(d), float(t), int(s), b) for m, (d, t, s, b) in state["requests"].items()}
-            self._replies = {m: message_from_proto(ProtoMessage.FromString(b)) for m, b in state["replies"].items()}
+            self.arrivals.load_state_dict(state["arrivals"])
+            self._requests = {m: _Request(int(d), int(s), b) for m, (d, s, b) in state["requests"].items()}
             self._outbox = {}
-            for mid in sorted(set(self._requests) - set(self._replies), key=lambda m: self._requests[m].seq):
+            for mid in sorted(set(self._requests) - set(self.arrivals.replies), key=lambda m: self._requests[m].seq):
                 self._outbox.setdefault(self._requests[mid].dst, []).append(mid)
             self._cond.notify_all()

@@ -13,20 +13,18 @@ until clients train. ``close()`` stops the handler's worker processes (``client.
 
 from __future__ import annotations
 
-import heapq
 import itertools
 from collections.abc import Iterable
 
 import numpy as np
 from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
-from flwr.common.serde import message_from_proto, message_to_proto
-from flwr.proto.message_pb2 import Message as ProtoMessage  # pylint: disable=no-name-in-module
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 from . import protocol as P
+from .grid import ArrivalQueue, FedsimGrid
 
 
 def set_task_identity(run_id: int) -> None:
@@ -37,7 +35,9 @@ def set_task_identity(run_id: int) -> None:
 
 
 class AppHandler:
-    """Drive a plain Flower ``ClientApp`` one message at a time (no cohort batching)."""
+    """Drive a plain Flower ``ClientApp`` one message at a time (no cohort batching). The client
+    handler interface the in-process grid uses: ``query``, ``train`` (a cohort), ``num_examples``
+    (None: unknown), ``state_dict`` / ``load_state_dict`` (None: kept in the node Contexts), ``close``."""
 
     def __init__(self, app):
         self.app = app
@@ -47,6 +47,18 @@ class AppHandler:
 
     def train(self, messages, contexts) -> list[Message]:
         return [self.app(m, c) for m, c in zip(messages, contexts)]
+
+    def num_examples(self) -> None:
+        return None
+
+    def state_dict(self) -> None:
+        return None
+
+    def load_state_dict(self, state) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def client_node_ids(num_clients: int, seed: int) -> list[int]:
@@ -85,7 +97,7 @@ class _Contexts(dict):
         return ctx
 
 
-class InProcessGrid(RunGrid):
+class InProcessGrid(RunGrid, FedsimGrid):
     def __init__(self, handler, num_clients: int, *, seed: int = 0, run_id: int = 1, run_config: dict | None = None):
         self.node_ids = np.asarray(client_node_ids(num_clients, seed), dtype=np.int64)  # [N], node of client i
         self._order = np.argsort(self.node_ids)  # node ids sorted, for node -> client lookups
@@ -93,11 +105,14 @@ class InProcessGrid(RunGrid):
         self.contexts = _Contexts(self._new_context)  # node id -> Context, made on first use: O(contacted)
         self._run_id, self._run_config, self.num_clients = run_id, dict(run_config or {}), num_clients
         self.handler = handler
-        self.now = 0.0
         self._run = Run.create_empty(run_id)
-        self._queue: list[tuple[float, int, Message]] = []  # (arrival time, sequence, reply)
+        self.arrivals = ArrivalQueue()  # every answer is in at once; it is *due* at push time + latency
         self._seq = itertools.count()
         set_task_identity(run_id)
+
+    @property
+    def now(self) -> float:
+        return self.arrivals.now
 
     def client_of(self, node_id: int) -> int | None:
         """The client (partition id) hosted by ``node_id``, or None for an unknown node."""
@@ -107,14 +122,12 @@ class InProcessGrid(RunGrid):
     def client_table(self) -> tuple[np.ndarray, np.ndarray] | None:
         """``(node id [N], training examples [N])`` of client 0..N-1 without a QUERY message per client,
         when the handler can tell client sizes (``ClientHandler``); None for a plain Flower ClientApp."""
-        if not hasattr(self.handler, "num_examples"):
-            return None
-        return self.node_ids.copy(), np.asarray(self.handler.num_examples(), dtype=np.int64)
+        sizes = self.handler.num_examples()
+        return None if sizes is None else (self.node_ids.copy(), np.asarray(sizes, dtype=np.int64))
 
     def close(self) -> None:
         """Release what the clients hold outside this process (worker processes); idempotent."""
-        if hasattr(self.handler, "close"):
-            self.handler.close()
+        self.handler.close()
 
     # --- Flower Grid API -------------------------------------------------------------------------
     def get_node_ids(self) -> Iterable[int]:
@@ -126,32 +139,26 @@ class InProcessGrid(RunGrid):
         for msg in messages:
             if self.client_of(msg.metadata.dst_node_id) is None:
                 raise ValueError(f"unknown node {msg.metadata.dst_node_id}: no such client in this federation")
-            msg.metadata.__dict__["_message_id"] = f"{self._run.run_id}-{next(self._seq)}"
-            ids.append(msg.metadata.message_id)
+            seq = next(self._seq)
+            msg.metadata.__dict__["_message_id"] = mid = f"{self._run.run_id}-{seq}"
+            ids.append(mid)
             if msg.metadata.message_type.startswith(MessageType.TRAIN):
+                self.arrivals.expect(mid, float(msg.content[P.CONFIG].get(P.SIM_LATENCY, 0.0)), seq)
                 train.append(msg)
             elif msg.metadata.message_type.startswith(MessageType.QUERY):
-                self._deliver(self.handler.query(msg, self._context(msg)), 0.0)
+                self.arrivals.expect(mid, 0.0, seq)
+                self.arrivals.arrive(mid, self.handler.query(msg, self._context(msg)))
             else:
                 raise ValueError(f"the in-process runtime does not handle '{msg.metadata.message_type}' messages")
         if train:
             replies = self.handler.train(train, [self._context(m) for m in train])
             for msg, reply in zip(train, replies):
-                self._deliver(reply, float(msg.content[P.CONFIG].get(P.SIM_LATENCY, 0.0)))
+                self.arrivals.arrive(msg.metadata.message_id, reply)
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        wanted = set(message_ids)
-        out, keep = [], []
-        for item in self._queue:
-            if item[0] <= self.now and item[2].metadata.reply_to_message_id in wanted:
-                out.append(item)
-            else:
-                keep.append(item)
-        if out:
-            heapq.heapify(keep)
-            self._queue = keep
-        return [reply for _, _, reply in sorted(out, key=lambda it: it[:2])]
+        """The wanted answers that are due by now on the virtual clock."""
+        return self.arrivals.take(self.arrivals.arrived_by_now(message_ids))
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         ids = list(self.push_messages(messages))
@@ -160,43 +167,32 @@ class InProcessGrid(RunGrid):
     # --- virtual clock ---------------------------------------------------------------------------
     def pull_until(self, message_ids: Iterable[str], min_replies: int, *, timeout: float | None = None,
                    window: float | None = None) -> list[Message]:
-        """Advance the virtual clock until ``min_replies`` of ``message_ids`` have arrived.
+        """Advance the virtual clock until ``min_replies`` of ``message_ids`` are due (``ArrivalQueue.ready``).
 
         ``timeout`` (or ``window``: the same here) is in virtual seconds from now; answers due later
         stay queued, and the clock stops at the deadline.
         """
-        timeout = window if window is not None else timeout
-        wanted = set(message_ids)
-        deadline = None if timeout is None else self.now + timeout
-        got = list(self.pull_messages(wanted))
-        while len(got) < min_replies:
-            due = [t for t, _, r in self._queue if r.metadata.reply_to_message_id in wanted]
-            if not due or (deadline is not None and min(due) > deadline):
-                if deadline is not None:
-                    self.now = max(self.now, deadline)
-                break
-            self.now = max(self.now, min(due))
-            got.extend(self.pull_messages(wanted))
-        return got
+        limit = window if window is not None else timeout
+        cap = None if limit is None else self.now + limit
+        return self.arrivals.take(self.arrivals.ready(list(message_ids), min_replies, cap))
 
-    def pending(self) -> int:
-        return len(self._queue)
+    def outstanding(self) -> set[str]:
+        return set(self.arrivals.due)
+
+    def forget(self, message_ids: Iterable[str]) -> None:
+        self.arrivals.forget(message_ids)
 
     def state_dict(self) -> dict:
         """Clock, id counter, the answers still travelling (as Flower protobuf bytes) and the clients'
         own state (error-feedback vectors)."""
         seq = next(self._seq)
         self._seq = itertools.count(seq)
-        return {"now": self.now, "seq": seq,
-                "queue": [(t, s, message_to_proto(r).SerializeToString()) for t, s, r in sorted(self._queue)],
-                "clients": self.handler.state_dict() if hasattr(self.handler, "state_dict") else None}
+        return {"seq": seq, "arrivals": self.arrivals.state_dict(), "clients": self.handler.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.now = float(state["now"])
         self._seq = itertools.count(int(state["seq"]))
-        self._queue = [(float(t), int(s), message_from_proto(ProtoMessage.FromString(b))) for t, s, b in state["queue"]]
-        heapq.heapify(self._queue)
-        if state.get("clients") is not None and hasattr(self.handler, "load_state_dict"):
+        self.arrivals.load_state_dict(state["arrivals"])
+        if state.get("clients") is not None:
             self.handler.load_state_dict(state["clients"])
 
     def _context(self, msg: Message) -> Context:
@@ -208,8 +204,3 @@ class InProcessGrid(RunGrid):
             raise KeyError(nid)
         return Context(run_id=self._run_id, node_id=nid, state=RecordDict(), run_config=dict(self._run_config),
                        node_config={"partition-id": cid, "num-partitions": self.num_clients})
-
-    def _deliver(self, reply: Message, latency: float) -> None:
-        if latency < 0:
-            raise ValueError(f"negative latency {latency}")
-        heapq.heappush(self._queue, (self.now + latency, next(self._seq), reply))

@@ -5,7 +5,7 @@ A round's aggregation runs as a pipeline (``ServerPipeline.aggregate``):
 
 1. ``before``: each stage may transform the decoded cohort (user-level DP clips every answer) and may
    hand back a noise vector for the strategy's sum (user-level DP's i.i.d. or DP-MF noise);
-2. the strategy reduces: ``server_update``, or ``noisy_update`` when a stage drew noise;
+2. the strategy's rule ``server_update`` runs on the (clipped) cohort, with the noise if one was drawn;
 3. ``after``: each stage may transform the new global model (the server optimizer step).
 
 A stage keeps what it must carry between rounds in ``state_dict`` / ``load_state_dict``, saved with
@@ -68,7 +68,8 @@ class ServerPipeline:
         for s in self.stages:
             s.on_send(server_round, clients)
 
-    def aggregate(self, strategy, server_round: int, params: torch.Tensor, cohort):
+    def aggregate(self, strategy, server_round: int, params: torch.Tensor, cohort, state: dict):
+        """``(new params, new algorithm state, metrics)`` of one round through the stages."""
         metrics: dict = {}
         noise = None
         for s in self.stages:
@@ -76,15 +77,15 @@ class ServerPipeline:
             if drawn is not None:
                 if noise is not None:
                     raise ValueError("two server stages draw noise for the same sum; keep one DP stage")
-                noise = drawn
+                noise = drawn * strategy.weight_bound()
         if noise is None:
-            new, own = strategy.server_update(server_round, params, cohort)
+            new, state, own = strategy.server_update(server_round, params, cohort, state)
         else:
-            new, own = strategy.noisy_update(server_round, params, cohort, noise * strategy.weight_bound())
+            new, state, own = strategy.server_update(server_round, params, cohort, state, noise=noise)
         metrics.update(own)
         for s in self.stages:
             new = s.after(server_round, params, new, metrics)
-        return new, metrics
+        return new, state, metrics
 
     def summary(self, rounds_done: int) -> dict:
         out: dict = {}

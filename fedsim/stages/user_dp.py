@@ -2,7 +2,7 @@
 
 Each round the server clips every answer to L2 norm S (``fedsim.core.clipping``; DP-FedAvg,
 McMahan et al., ICLR 2018, arXiv 1710.06963, Algorithm 1) and the strategy adds this round's noise
-to its sum of contributions before its own normalisation (``FedsimStrategy.noisy_update``):
+to its sum of contributions before its own normalisation (``server_update(..., noise=w_t)``, strategies with ``noisy_sum = True``):
 
 - FedAvg with ``weighting = "fixed"``: ``x + eta_g (sum_i clip(Delta_i) + w_t) / K`` with K the
   expected cohort size (a fixed denominator, so who answered is not revealed by the scale);
@@ -65,7 +65,7 @@ class UserLevelDP(ServerStage):
         sens = 1.0 if self.factorization is None else self.factorization.sensitivity().value
         self.noise_multiplier = self._calibrate(privacy)
         self.std = noise_std(self.noise_multiplier, self.clip_norm, sens)
-        self.history: dict[int, list[int]] = {}  # client -> 0-based rounds it was sent work in
+        self.participated: dict[int, list[int]] = {}  # client -> 0-based rounds it was sent work in
         self.stream: NoiseStream | None = None
         log.info("user-level DP: mechanism %s, noise multiplier %.4g, noise std %.4g, sampling %.4g",
                  self.mechanism, self.noise_multiplier, self.std, self.sampling)
@@ -127,13 +127,13 @@ class UserLevelDP(ServerStage):
     def on_send(self, server_round: int, clients: list[int]) -> None:
         t = server_round - 1
         for cid in sorted(clients):
-            past = self.history.get(cid, [])
+            past = self.participated.get(cid, [])
             if self.schema is not None and not self.schema.allows(past, t):
                 raise ParticipationViolation(
                     f"round {server_round}: client {cid} (past rounds {[r + 1 for r in past]}) would break the "
                     f"{self.schema.kind} pattern the privacy guarantee assumes (k={self.schema.participations}, "
                     f"b={self.schema.separation}, n={self.schema.steps})")
-            self.history[cid] = past + [t]
+            self.participated[cid] = past + [t]
 
     def before(self, server_round, cohort, metrics):
         if server_round > self.rounds:
@@ -161,10 +161,10 @@ class UserLevelDP(ServerStage):
 
     # --- state ---------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"noise": self.stream.state_dict(), "history": {c: list(h) for c, h in self.history.items()}}
+        return {"noise": self.stream.state_dict(), "participated": {c: list(h) for c, h in self.participated.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         if state:
             self.stream.load_state_dict(state["noise"])
-            self.history = {int(c): list(h) for c, h in state["history"].items()}
+            self.participated = {int(c): list(h) for c, h in state["participated"].items()}
 

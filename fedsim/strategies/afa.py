@@ -31,31 +31,28 @@ class AFACDStrategy(FedsimStrategy):
             raise ValueError(f"need strategy.m >= 1 and strategy.round_time >= 0, got {m}, {round_time}")
         self.m, self.round_time = m, float(round_time)
 
-    def server_update(self, server_round: int, params: torch.Tensor, cohort: Cohort):
+    def server_update(self, server_round: int, params: torch.Tensor, cohort: Cohort, state: dict, noise=None):
         grad = afa.cd_aggregate(cohort.updates)
-        return afa.server_step(params, grad, self.server_lr, self.local_lr), {"afa/grad_norm": float(grad.norm())}
+        return (afa.server_step(params, grad, self.server_lr, self.local_lr), state,
+                {"afa/grad_norm": float(grad.norm())})
 
 
 class AFACSStrategy(AFACDStrategy):
     name = "afa-cs"
 
-    def init_state(self, dim: int) -> None:
-        self.memory = afa.cs_init(self.num_clients, dim)
-        self.reported = torch.zeros(self.num_clients, dtype=torch.bool)
+    def init_state(self, dim: int) -> dict:
+        return {"memory": afa.cs_init(self.num_clients, dim),
+                "reported": torch.zeros(self.num_clients, dtype=torch.bool)}
 
-    def server_update(self, server_round: int, params: torch.Tensor, cohort: Cohort):
-        grad, self.memory = afa.cs_aggregate(self.memory, cohort.clients, cohort.updates)
-        self.reported = self.reported.clone()
-        self.reported[cohort.clients] = True
-        filled = int(self.reported.sum())
-        return afa.server_step(params, grad, self.server_lr, self.local_lr), \
-            {"afa/grad_norm": float(grad.norm()), "afa/reported_workers": filled}
+    def server_update(self, server_round: int, params: torch.Tensor, cohort: Cohort, state: dict, noise=None):
+        grad, memory = afa.cs_aggregate(state["memory"], cohort.clients, cohort.updates)
+        reported = state["reported"].clone()
+        reported[cohort.clients] = True
+        return (afa.server_step(params, grad, self.server_lr, self.local_lr), {"memory": memory, "reported": reported},
+                {"afa/grad_norm": float(grad.norm()), "afa/reported_workers": int(reported.sum())})
 
-    def algorithm_state(self) -> dict:
-        return {"memory": self.memory, "reported": self.reported}
-
-    def load_algorithm_state(self, state: dict) -> None:
-        if state["memory"].shape != self.memory.shape:
-            raise ValueError(f"AFA-CS memory has shape {tuple(state['memory'].shape)}, expected {tuple(self.memory.shape)}")
-        self.memory = state["memory"].clone()
-        self.reported = state["reported"].clone()
+    def check_state(self, state: dict) -> dict:
+        expected = (self.num_clients, self.spec.dim)
+        if tuple(state["memory"].shape) != expected:
+            raise ValueError(f"AFA-CS memory has shape {tuple(state['memory'].shape)}, expected {expected}")
+        return {"memory": state["memory"].clone(), "reported": state["reported"].clone()}

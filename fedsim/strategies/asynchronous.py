@@ -18,7 +18,8 @@ one round are taken in arrival order. The pure rules live in ``fedsim.core.stale
   Alg. 1). A partly filled buffer carries over to later rounds (and checkpoints).
 
 FedAsync and repair (``fedsim.strategies.repair``) need the model each answer was computed on: the
-server keeps those versions in a bounded ``ModelHistory``, saved with the strategy state.
+server keeps those versions in a bounded ``ModelVersions`` store (at most ``strategy.history``),
+saved with the strategy state.
 """
 
 from __future__ import annotations
@@ -28,13 +29,13 @@ from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 
 from ..core import staleness as S
-from ..core.history import ModelHistory
+from ..core.model_versions import ModelVersions
 from .base import Cohort, FedsimStrategy
 
 
 class AsyncStrategy(FedsimStrategy):
     asynchronous = True
-    uses_history = False  # keep the global model of every version still in flight
+    uses_versions = False  # keep the global model of every version still in flight
 
     def __init__(self, participation, *, m: int = 10, round_time: float = 0.0, history: int = 64,
                  staleness_fn: str = "polynomial", staleness_a: float = 0.5, staleness_b: float = 4.0, **kw):
@@ -44,7 +45,7 @@ class AsyncStrategy(FedsimStrategy):
         self.m, self.round_time = m, float(round_time)
         self.staleness_fn = (staleness_fn, float(staleness_a), float(staleness_b))
         self.weight(torch.zeros(1))  # validates the staleness function now, not at the first stale answer
-        self.history = ModelHistory(history)
+        self.versions = ModelVersions(history)
 
     def weight(self, tau: torch.Tensor) -> torch.Tensor:
         kind, a, b = self.staleness_fn
@@ -55,52 +56,50 @@ class AsyncStrategy(FedsimStrategy):
         return server_round - cohort.model_round
 
     def base_models(self, params: torch.Tensor, cohort: Cohort) -> tuple[list[torch.Tensor], int]:
-        """The model each answer was computed on (the current one where history has lost it) and
+        """The model each answer was computed on (the current one where the store has lost it) and
         how many were lost."""
-        found = [self.history.get(int(s)) for s in cohort.model_round.tolist()]
+        found = [self.versions.get(int(s)) for s in cohort.model_round.tolist()]
         return [params if x is None else x for x in found], sum(x is None for x in found)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
         messages = list(super().configure_train(server_round, arrays, config, grid))
-        if self.uses_history and messages:
-            self.history.record(server_round, self.params)
+        if self.uses_versions and messages:
+            self.versions.record(server_round, self.params)
         return messages
 
     def aggregate_train(self, server_round: int, replies):
         try:
             return super().aggregate_train(server_round, replies)
         finally:
-            self.history.retain(set(self.in_flight.values()))
+            self.versions.retain(set(self.in_flight.values()))
 
-    def init_state(self, dim: int) -> None:
-        self.history = ModelHistory(self.history.limit)
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "versions": self.versions.state_dict()}
 
-    def algorithm_state(self) -> dict:
-        return {"history": self.history.state_dict()}
-
-    def load_algorithm_state(self, state: dict) -> None:
-        self.history.load_state_dict(state["history"])
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.versions.load_state_dict(state["versions"])
 
 
 class DirectStrategy(AsyncStrategy):
     name = "direct"
 
-    def server_update(self, server_round: int, params: torch.Tensor, cohort: Cohort):
-        return S.direct(params, cohort.updates, self.server_lr), {}
+    def server_update(self, server_round: int, params: torch.Tensor, cohort: Cohort, state: dict, noise=None):
+        return S.direct(params, cohort.updates, self.server_lr), state, {}
 
 
 class WeightedStrategy(AsyncStrategy):
     name = "weighted"
 
-    def server_update(self, server_round: int, params: torch.Tensor, cohort: Cohort):
+    def server_update(self, server_round: int, params: torch.Tensor, cohort: Cohort, state: dict, noise=None):
         w = self.weight(self.staleness(server_round, cohort))
         metrics = {"staleness/mean_weight": float(w.mean())} if w.numel() else {}
-        return S.weighted(params, cohort.updates, w, self.server_lr), metrics
+        return S.weighted(params, cohort.updates, w, self.server_lr), state, metrics
 
 
 class FedAsyncStrategy(AsyncStrategy):
     name = "fedasync"
-    uses_history = True
+    uses_versions = True
 
     def __init__(self, participation, *, mixing: float = 0.6, **kw):
         super().__init__(participation, **kw)
@@ -111,18 +110,19 @@ class FedAsyncStrategy(AsyncStrategy):
                              f"at 1 (got {self.server_lr})")
         self.mixing = mixing
 
-    def server_update(self, server_round: int, params: torch.Tensor, cohort: Cohort):
+    def server_update(self, server_round: int, params: torch.Tensor, cohort: Cohort, state: dict, noise=None):
         bases, missed = self.base_models(params, cohort)
         if not bases:
-            return params.clone(), {}
+            return params.clone(), state, {}
         models = torch.stack(bases) + cohort.updates
         alphas = self.mixing * self.weight(self.staleness(server_round, cohort))
-        return S.fedasync_mix(params, models, alphas), {"fedasync/mean_alpha": float(alphas.mean()),
-                                                        "staleness/history_misses": missed}
+        return S.fedasync_mix(params, models, alphas), state, {"fedasync/mean_alpha": float(alphas.mean()),
+                                                               "staleness/history_misses": missed}
 
 
 class FedBuffStrategy(AsyncStrategy):
     name = "fedbuff"
+    noisy_sum = True
 
     def __init__(self, participation, *, buffer_size: int = 10, max_staleness: int = 0, **kw):
         super().__init__(participation, **kw)
@@ -130,18 +130,14 @@ class FedBuffStrategy(AsyncStrategy):
             raise ValueError(f"need strategy.buffer_size >= 1 and max_staleness >= 0, got {buffer_size}, {max_staleness}")
         self.buffer_size, self.max_staleness = buffer_size, max_staleness
 
-    def init_state(self, dim: int) -> None:
-        super().init_state(dim)
-        self.buffer, self.count = torch.zeros(dim), 0
+    def init_state(self, dim: int) -> dict:
+        return {"buffer": torch.zeros(dim), "count": 0}
 
-    def server_update(self, server_round: int, params: torch.Tensor, cohort: Cohort):
-        return self.noisy_update(server_round, params, cohort, None)
-
-    def noisy_update(self, server_round: int, params: torch.Tensor, cohort: Cohort, noise: torch.Tensor | None):
+    def server_update(self, server_round: int, params: torch.Tensor, cohort: Cohort, state: dict, noise=None):
         """User-level DP adds each round's noise to the buffer (the released per-round sums)."""
         tau = self.staleness(server_round, cohort)
         weights = self.weight(tau).tolist()
-        buf, count, flushes, dropped = self.buffer, self.count, 0, 0
+        buf, count, flushes, dropped = state["buffer"], state["count"], 0, 0
         if noise is not None:
             buf = buf + noise.to(buf.dtype)
         for delta, t, w in zip(cohort.updates, tau.tolist(), weights):
@@ -152,14 +148,10 @@ class FedBuffStrategy(AsyncStrategy):
             if count == self.buffer_size:
                 params, buf, count, flushes = S.fedbuff_flush(params, buf, count, self.server_lr), \
                     torch.zeros_like(buf), 0, flushes + 1
-        self.buffer, self.count = buf, count
-        return params.clone(), {"fedbuff/flushes": flushes, "fedbuff/dropped": dropped, "fedbuff/buffered": count}
+        return params.clone(), {"buffer": buf, "count": count}, \
+            {"fedbuff/flushes": flushes, "fedbuff/dropped": dropped, "fedbuff/buffered": count}
 
-    def algorithm_state(self) -> dict:
-        return {**super().algorithm_state(), "buffer": self.buffer, "count": self.count}
-
-    def load_algorithm_state(self, state: dict) -> None:
-        super().load_algorithm_state(state)
-        if state["buffer"].shape != self.buffer.shape:
-            raise ValueError(f"FedBuff buffer has shape {tuple(state['buffer'].shape)}, expected {tuple(self.buffer.shape)}")
-        self.buffer, self.count = state["buffer"].clone(), int(state["count"])
+    def check_state(self, state: dict) -> dict:
+        if state["buffer"].shape != (self.spec.dim,):
+            raise ValueError(f"FedBuff buffer has shape {tuple(state['buffer'].shape)}, expected ({self.spec.dim},)")
+        return {"buffer": state["buffer"].clone(), "count": int(state["count"])}

@@ -30,6 +30,7 @@ class EF21Strategy(FedsimStrategy):
     name = "ef21"
     update_kind = P.UPDATE_MEAN_GRADIENT
     feedback = "ef21"
+    noisy_sum = True
 
     def __init__(self, participation, *, local_steps: int, ef_init: str = "full", **kw):
         super().__init__(participation, **kw)
@@ -39,12 +40,10 @@ class EF21Strategy(FedsimStrategy):
             raise ValueError(f"local_steps must be >= 1, got {local_steps}")
         self.ef_init = ef_init
         self.step = self.server_lr * self.local_lr * local_steps
-        self.g: torch.Tensor | None = None     # float64 [D], mean of all clients' g_i
-        self.seen: torch.Tensor | None = None  # bool [N], clients whose first message has arrived
 
-    def init_state(self, dim: int) -> None:
-        self.g = torch.zeros(dim, dtype=torch.float64)
-        self.seen = torch.zeros(self.num_clients, dtype=torch.bool)
+    def init_state(self, dim: int) -> dict:
+        # g: float64 [D], mean of all clients' g_i; seen: bool [N], clients whose first message has arrived
+        return {"g": torch.zeros(dim, dtype=torch.float64), "seen": torch.zeros(self.num_clients, dtype=torch.bool)}
 
     def uplink_config(self) -> dict:
         return {**super().uplink_config(), P.EF_INIT: self.ef_init}
@@ -55,26 +54,21 @@ class EF21Strategy(FedsimStrategy):
     def message_bits(self, cid: int) -> int:
         return 32 * self.spec.dim if self._first_full(cid) else super().message_bits(cid)
 
-    def server_update(self, server_round: int, params: torch.Tensor, cohort: Cohort):
-        return self.noisy_update(server_round, params, cohort, None)
-
-    def noisy_update(self, server_round: int, params: torch.Tensor, cohort: Cohort, noise: torch.Tensor | None):
-        g = ef21_server(self.g, cohort.updates.double(), self.num_clients, noise=noise)
-        seen = self.seen.clone()
+    def server_update(self, server_round: int, params: torch.Tensor, cohort: Cohort, state: dict, noise=None):
+        g = ef21_server(state["g"], cohort.updates.double(), self.num_clients, noise=noise)
+        seen = state["seen"].clone()
         seen[cohort.clients] = True
-        self.g, self.seen = g, seen
-        return params - self.step * g.float(), {"ef21/g_norm": float(g.norm()),
-                                                "ef21/clients_seen": int(seen.sum())}
+        return params - self.step * g.float(), {"g": g, "seen": seen}, \
+            {"ef21/g_norm": float(g.norm()), "ef21/clients_seen": int(seen.sum())}
 
-    def algorithm_state(self) -> dict:
-        return {"g": self.g, "seen": self.seen}
-
-    def load_algorithm_state(self, state: dict) -> None:
-        if state:
-            self.g, self.seen = state["g"], state["seen"]
+    def check_state(self, state: dict) -> dict:
+        if state["g"].shape != (self.spec.dim,) or state["seen"].shape != (self.num_clients,):
+            raise ValueError("EF21 state does not match this model and population")
+        return state
 
     def _first_full(self, cid: int) -> bool:
-        return self.ef_init == "full" and not bool(self.seen[cid])
+        # the decoder reads answers against the state before this round's update
+        return self.ef_init == "full" and not bool(self.state["seen"][cid])
 
 
 class EF14Strategy(FedAvgStrategy):
@@ -85,4 +79,3 @@ class EF14Strategy(FedAvgStrategy):
         if weighting == "num-examples":  # the config default: EF14 averages the messages uniformly
             weighting = "uniform"
         super().__init__(participation, weighting=weighting, **kw)
-

@@ -15,28 +15,26 @@ from .base import Cohort, FedsimStrategy
 
 class FedAUStrategy(FedsimStrategy):
     name = "fedau"
+    noisy_sum = True
 
     def __init__(self, participation, *, cutoff: int = 100_000, **kw):
         super().__init__(participation, **kw)
         if cutoff < 1:
             raise ValueError(f"strategy.cutoff (FedAU's K) must be >= 1, got {cutoff}")
         self.cutoff = cutoff
-        self.fedau = fedau.init(self.num_clients)
 
-    def server_update(self, server_round: int, params: torch.Tensor, cohort: Cohort):
-        direction, self.fedau, metrics = fedau.step(self.fedau, cohort.clients, cohort.updates, self.cutoff)
-        return params + self.server_lr * direction, metrics
+    def init_state(self, dim: int) -> dict:
+        return fedau.init(self.num_clients).as_dict()  # plain tensors: since, interval_sum, interval_count
 
-    def noisy_update(self, server_round: int, params: torch.Tensor, cohort: Cohort, noise: torch.Tensor):
-        direction, self.fedau, metrics = fedau.step(self.fedau, cohort.clients, cohort.updates, self.cutoff,
-                                                    noise=noise)
-        return params + self.server_lr * direction, metrics
+    def server_update(self, server_round: int, params: torch.Tensor, cohort: Cohort, state: dict, noise=None):
+        direction, intervals, metrics = fedau.step(fedau.FedAUState.from_dict(state), cohort.clients,
+                                                   cohort.updates, self.cutoff, noise=noise)
+        return params + self.server_lr * direction, intervals.as_dict(), metrics
 
     def weight_bound(self) -> float:
         return float(self.cutoff)  # omega_n is a mean of intervals of at most K rounds
 
-    def algorithm_state(self) -> dict:
-        return self.fedau.as_dict()
-
-    def load_algorithm_state(self, state: dict) -> None:
-        self.fedau = fedau.FedAUState.from_dict(state)
+    def check_state(self, state: dict) -> dict:
+        if state["since"].shape != (self.num_clients,):
+            raise ValueError(f"FedAU state is for {state['since'].numel()} clients, this run has {self.num_clients}")
+        return fedau.FedAUState.from_dict(state).as_dict()

@@ -23,6 +23,7 @@ WEIGHTINGS = ("num-examples", "uniform", "fixed")
 
 class FedAvgStrategy(FedsimStrategy):
     name = "fedavg"
+    noisy_sum = True  # with weighting = "fixed" (checked where the DP stage is configured)
 
     def __init__(self, participation, *, weighting: str = "num-examples", **kw):
         super().__init__(participation, **kw)
@@ -31,15 +32,13 @@ class FedAvgStrategy(FedsimStrategy):
         self.weighting = weighting
         self.cohort_size = float(participation.expected_rate().sum())  # K of the fixed denominator
 
-    def server_update(self, server_round: int, params: torch.Tensor, cohort: Cohort):
+    def server_update(self, server_round: int, params: torch.Tensor, cohort: Cohort, state: dict, noise=None):
         if self.weighting == "fixed":
-            return params + self.server_lr * (cohort.updates.sum(0) / self.cohort_size), {}
-        w = cohort.num_examples if self.weighting == "num-examples" else torch.ones_like(cohort.num_examples)
-        direction = weighted_mean(cohort.updates, w)
-        return params + self.server_lr * direction, {}
-
-    def noisy_update(self, server_round: int, params: torch.Tensor, cohort: Cohort, noise: torch.Tensor):
-        if self.weighting != "fixed":
+            total = cohort.updates.sum(0) if noise is None else cohort.updates.sum(0) + noise
+            return params + self.server_lr * (total / self.cohort_size), state, {}
+        if noise is not None:
             raise ValueError(f"user-level DP needs strategy.weighting = 'fixed' (got '{self.weighting}'): "
                              "a denominator that counts the answers or their examples is not private")
-        return params + self.server_lr * ((cohort.updates.sum(0) + noise) / self.cohort_size), {}
+        w = cohort.num_examples if self.weighting == "num-examples" else torch.ones_like(cohort.num_examples)
+        direction = weighted_mean(cohort.updates, w)
+        return params + self.server_lr * direction, state, {}

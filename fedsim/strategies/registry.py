@@ -40,7 +40,7 @@ class StrategyRow:
     @property
     def user_level_dp(self) -> bool:
         """Whether the user-level DP stage can wrap this strategy (it has a noisy sum to add to)."""
-        return self.cls.noisy_update is not FedsimStrategy.noisy_update
+        return self.cls.noisy_sum
 
     def keys(self) -> set[str]:
         return set(self.reads.values())

@@ -5,11 +5,11 @@ Aggregates like ``direct`` (``x + eta * mean_i delta_i``), but each answer at le
 (``fedsim.staleness.repair``: invert the update at the model it was computed on, replay the
 estimated data from the current model). The server needs the architecture (a model instance; its
 weights are unused), the input shape and the box of valid inputs, and keeps the models of the
-versions still in flight (bounded ``ModelHistory``). An answer whose version the history has lost
+versions still in flight (bounded ``ModelVersions``). An answer whose version the store has lost
 is aggregated as it is and counted in ``staleness/history_misses``.
 
-State saved with the strategy: the history, whether the server has switched back to plain
-aggregation, the run of declines, and the repair counters. The inversion is seeded per
+Algorithm state (returned by ``server_update``, saved with the strategy): whether the server has
+switched back to plain aggregation, the run of declines, and the repair counters. The inversion is seeded per
 (run seed, round, client), so a resumed run repeats it exactly.
 """
 
@@ -31,38 +31,32 @@ _REPAIR_TAG = 0x5E9A12
 
 class RepairStrategy(AsyncStrategy):
     name = "repair"
-    uses_history = True
+    uses_versions = True
 
     def __init__(self, participation, *, model: nn.Module, input_shape: tuple, box: tuple[float, float] | None = None,
                  repair: dict | RepairConfig | None = None, **kw):
         super().__init__(participation, **kw)
         self.settings = repair if isinstance(repair, RepairConfig) else RepairConfig(**(repair or {}))
         self.model, self.input_shape, self.box = model, tuple(input_shape), box
-        self._reset_counters()
 
-    def _reset_counters(self) -> None:
-        self.switched_at = 0   # round in which the server went back to plain aggregation (0 = not yet)
-        self.declines = 0      # "estimated" policy: repaired updates declined in a row
-        self.repairs = self.used = 0
-        self.seconds = 0.0
-
-    def init_state(self, dim: int) -> None:
-        super().init_state(dim)
+    def init_state(self, dim: int) -> dict:
         if ParamSpec.of(self.model) != self.spec:
             raise ValueError("repair: the model given to the strategy does not match the global model's layout")
-        self._reset_counters()
+        # switched_at: round in which the server went back to plain aggregation (0 = not yet);
+        # declines: "estimated" policy, repaired updates declined in a row
+        return {"switched_at": 0, "declines": 0, "repairs": 0, "used": 0, "seconds": 0.0}
 
-    def server_update(self, server_round: int, params: torch.Tensor, cohort: Cohort):
-        cfg = self.settings
-        if cfg.switch == "round" and not self.switched_at and server_round > cfg.switch_round:
-            self.switched_at = server_round
+    def server_update(self, server_round: int, params: torch.Tensor, cohort: Cohort, state: dict, noise=None):
+        cfg, state = self.settings, dict(state)
+        if cfg.switch == "round" and not state["switched_at"] and server_round > cfg.switch_round:
+            state["switched_at"] = server_round
         tau = self.staleness(server_round, cohort)
         rows, stats, missed = [], [], 0
         for i, (cid, delta) in enumerate(zip(cohort.clients.tolist(), cohort.updates)):
-            if int(tau[i]) < cfg.min_staleness or self.switched_at:
+            if int(tau[i]) < cfg.min_staleness or state["switched_at"]:
                 rows.append(delta)
                 continue
-            base = self.history.get(int(cohort.model_round[i]))
+            base = self.versions.get(int(cohort.model_round[i]))
             if base is None:
                 missed += 1
                 rows.append(delta)
@@ -70,15 +64,15 @@ class RepairStrategy(AsyncStrategy):
             rep = self._repair_one(server_round, cid, base, params, delta, cohort, i)
             rows.append(rep.update)
             stats.append(rep)
-            self._count(server_round, rep)
+            state = self._count(server_round, rep, state)
         new = S.direct(params, torch.stack(rows) if rows else cohort.updates, self.server_lr)
-        metrics = {"repair/switched": int(bool(self.switched_at)), "staleness/history_misses": missed,
+        metrics = {"repair/switched": int(bool(state["switched_at"])), "staleness/history_misses": missed,
                    "repair/count": len(stats), "repair/used": sum(r.used for r in stats)}
         if stats:
             metrics.update({"time/repair_seconds": sum(r.seconds for r in stats),
                             "repair/residual": sum(r.residual for r in stats) / len(stats),
                             "repair/drift": sum(r.drift for r in stats) / len(stats)})
-        return new, metrics
+        return new, state, metrics
 
     def _repair_one(self, server_round, cid, base, params, delta, cohort: Cohort, i: int):
         cfg = self.settings
@@ -90,25 +84,21 @@ class RepairStrategy(AsyncStrategy):
                              lr=self.local_lr, batch_size=batch, settings=cfg, input_shape=self.input_shape,
                              gen=gen, box=self.box, margin=cfg.margin if cfg.switch == "estimated" else None)
 
-    def _count(self, server_round: int, rep) -> None:
-        self.repairs += 1
-        self.used += int(rep.used)
-        self.seconds += rep.seconds
+    def _count(self, server_round: int, rep, state: dict) -> dict:
+        state = {**state, "repairs": state["repairs"] + 1, "used": state["used"] + int(rep.used),
+                 "seconds": state["seconds"] + rep.seconds}
         if self.settings.switch == "estimated":
-            self.declines = 0 if rep.used else self.declines + 1
-            if self.declines >= self.settings.patience:
-                self.switched_at = server_round
+            state["declines"] = 0 if rep.used else state["declines"] + 1
+            if state["declines"] >= self.settings.patience:
+                state["switched_at"] = server_round
+        return state
+
+    @property
+    def repairs(self) -> int:
+        return self.state["repairs"]
 
     def summary_fields(self, rounds_done: int) -> dict:
-        return {**super().summary_fields(rounds_done), "repairs": self.repairs, "repairs_used": self.used,
-                "repair_seconds_mean": self.seconds / self.repairs if self.repairs else 0.0,
-                "repair_switched_round": self.switched_at}
-
-    def algorithm_state(self) -> dict:
-        return {**super().algorithm_state(), "switched_at": self.switched_at, "declines": self.declines,
-                "repairs": self.repairs, "used": self.used, "seconds": self.seconds}
-
-    def load_algorithm_state(self, state: dict) -> None:
-        super().load_algorithm_state(state)
-        self.switched_at, self.declines = int(state["switched_at"]), int(state["declines"])
-        self.repairs, self.used, self.seconds = int(state["repairs"]), int(state["used"]), float(state["seconds"])
+        st = self.state
+        return {**super().summary_fields(rounds_done), "repairs": st["repairs"], "repairs_used": st["used"],
+                "repair_seconds_mean": st["seconds"] / st["repairs"] if st["repairs"] else 0.0,
+                "repair_switched_round": st["switched_at"]}

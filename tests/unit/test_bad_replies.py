@@ -71,7 +71,7 @@ def test_diverging_aggregate_keeps_model_and_strategy_state():
     replies = list(grid.send_and_receive(messages))
     for r in replies:  # finite but overflowing once summed in float32
         r.content[P.UPDATE] = ArrayRecord(array_dict={P.UPDATE: Array(np.full(strategy.spec.dim, 3e38, np.float32))})
-    params, counts = strategy.params.clone(), strategy.fedau.interval_count.clone()
+    params, counts = strategy.params.clone(), strategy.state["interval_count"].clone()
     with pytest.raises(FloatingPointError, match="not finite"):
         strategy.aggregate_train(1, replies)
-    assert torch.equal(strategy.params, params) and torch.equal(strategy.fedau.interval_count, counts)
+    assert torch.equal(strategy.params, params) and torch.equal(strategy.state["interval_count"], counts)

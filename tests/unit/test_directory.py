@@ -5,7 +5,7 @@ from flwr.app import Message, MetricRecord, RecordDict
 
 from fedsim.runtime import protocol as P
 from fedsim.runtime.inprocess import set_task_identity
-from fedsim.strategies.directory import ClientDirectory
+from fedsim.runtime.directory import ClientDirectory
 
 
 class SlowStartGrid:

@@ -42,8 +42,8 @@ def test_ef21_server_g_is_the_mean_of_all_clients_g_i_under_partial_participatio
     g_i = torch.stack([store.get(c) if store.get(c) is not None else torch.zeros(strategy.spec.dim)
                        for c in range(cfg.data.num_clients)])
     assert len(store) >= 4  # 6 rounds of 4 out of 8 clients
-    assert torch.allclose(strategy.g, g_i.double().mean(0), atol=1e-6)
-    assert int(strategy.seen.sum()) == len(store)
+    assert torch.allclose(strategy.state["g"], g_i.double().mean(0), atol=1e-6)
+    assert int(strategy.state["seen"].sum()) == len(store)
 
 
 def test_top_k_messages_are_sparse_and_bits_are_exact():

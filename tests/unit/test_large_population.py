@@ -50,9 +50,9 @@ def test_100k_clients_two_rounds_in_small_memory(strategy):
         assert strat.directory.complete and strat.directory.node_of.array.shape == (N,)
         assert int(strat.directory.num_examples.array.sum()) == int(0.8 * 3 * N)  # every training row owned
         if strategy == "fedau":
-            assert strat.fedau.interval_count.shape == (N,) and int(strat.fedau.interval_count.sum()) == 10
+            assert strat.state["interval_count"].shape == (N,) and int(strat.state["interval_count"].sum()) == 10
         else:
-            assert strat.seen.shape == (N,) and int(strat.seen.sum()) == len(grid.handler.uplink.store) <= 10
+            assert strat.state["seen"].shape == (N,) and int(strat.state["seen"].sum()) == len(grid.handler.uplink.store) <= 10
         assert peak / 2**20 < PYTHON_PEAK_MB, f"Python peak {peak / 2**20:.0f} MB"
         assert grown < RSS_GROWTH_MB, f"RSS grew by {grown:.0f} MB"
         assert seconds < 120, f"{seconds:.1f} s"  # ~5 s on the 2-core CI machine (tracemalloc on)
@@ -61,7 +61,7 @@ def test_100k_clients_two_rounds_in_small_memory(strategy):
 
 
 def test_directory_maps_are_arrays_that_read_like_dicts():
-    from fedsim.strategies.directory import ClientDirectory
+    from fedsim.runtime.directory import ClientDirectory
 
     d = ClientDirectory(4)
     d.add(1234, 2)

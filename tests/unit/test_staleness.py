@@ -9,7 +9,7 @@ from fedsim.attacks.functional import local_update
 from fedsim.config import ConfigError, RepairConfig
 from fedsim.experiments.setup import load as load_config
 from fedsim.core import staleness as S
-from fedsim.core.history import ModelHistory
+from fedsim.core.model_versions import ModelVersions
 from fedsim.core.params import ParamSpec
 from fedsim.models import build_model
 from fedsim.participation import build_participation, slow_clients
@@ -55,17 +55,17 @@ def test_fedbuff_flush_is_the_mean_of_the_buffered_updates():
 
 
 def test_model_history_keeps_only_wanted_versions_within_its_limit():
-    h = ModelHistory(limit=2)
+    h = ModelVersions(limit=2)
     for v in (1, 2, 3):
         h.record(v, torch.full((2,), float(v)))
     assert sorted(h.versions) == [2, 3] and h.dropped == 1 and h.get(1) is None
     h.retain({3})
     assert sorted(h.versions) == [3] and h.nbytes == 8
-    restored = ModelHistory(limit=2)
+    restored = ModelVersions(limit=2)
     restored.load_state_dict(h.state_dict())
     assert torch.equal(restored.get(3), h.get(3)) and restored.dropped == 1
     with pytest.raises(ValueError, match="limit"):
-        ModelHistory(limit=3).load_state_dict(h.state_dict())
+        ModelVersions(limit=3).load_state_dict(h.state_dict())
 
 
 # --- strategies without staleness reduce to FedAvg --------------------------------------------------
@@ -174,8 +174,8 @@ def test_stale_answers_are_exactly_tau_rounds_late_and_computed_on_the_model_of_
     def recording(rnd, arr, conf, g):
         msgs = original(rnd, arr, conf, g)
         sent[rnd] = strategy.params.clone()
-        assert set(strategy.history.versions) == set(strategy.in_flight.values())
-        for v, p in strategy.history.versions.items():
+        assert set(strategy.versions.versions) == set(strategy.in_flight.values())
+        for v, p in strategy.versions.versions.items():
             assert torch.equal(p, sent[v])
         return msgs
 
@@ -183,12 +183,12 @@ def test_stale_answers_are_exactly_tau_rounds_late_and_computed_on_the_model_of_
     run_rounds(strategy, grid, arrays, first_round=1, last_round=cfg.rounds,
                on_round=lambda res, _a: seen.append(res.metrics["server/staleness_max"]))
     assert max(seen) == 7  # slow answers: 30 x (3 steps x 0.05 s + 0.1 s) = 7.5 s in 1-second rounds
-    assert strategy.history.nbytes == 4 * strategy.spec.dim * len(set(strategy.in_flight.values()))
+    assert strategy.versions.nbytes == 4 * strategy.spec.dim * len(set(strategy.in_flight.values()))
 
 
 def test_an_answer_older_than_the_history_is_counted_and_aggregated_as_it_is(tiny):
     _, results, strategy = train(_slow_raw(tiny, "repair", **{"strategy.history": 1, "rounds": 14}))
-    assert strategy.history.dropped > 0
+    assert strategy.versions.dropped > 0
     assert sum(r.metrics["staleness/history_misses"] for r in results) > 0
 
 

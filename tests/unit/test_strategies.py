@@ -50,9 +50,9 @@ def test_afa_cs_keeps_memory_of_absent_workers(tiny):
     raw = tiny(**{"strategy.name": "afa-cs", "strategy.m": 2, "rounds": 8,
                   "participation": {"name": "anarchic", "p": 0.5, "max_steps": 3}})
     _, results, strategy = train(raw)
-    assert results[-1].metrics["afa/reported_workers"] == int(strategy.reported.sum())
-    assert int(strategy.reported.sum()) > results[-1].participants
-    assert torch.equal(strategy.reported, (strategy.memory != 0).any(dim=1))
+    assert results[-1].metrics["afa/reported_workers"] == int(strategy.state["reported"].sum())
+    assert int(strategy.state["reported"].sum()) > results[-1].participants
+    assert torch.equal(strategy.state["reported"], (strategy.state["memory"] != 0).any(dim=1))
 
 
 @pytest.mark.parametrize("name", ["fedavg", "fedau", "afa-cd", "afa-cs"])
@@ -74,5 +74,5 @@ def test_fedau_strategy_estimates_inverse_participation_from_answers_alone(tiny)
     raw = tiny(**{"strategy.name": "fedau", "rounds": 400, "client.local_steps": 1,
                   "participation": {"name": "bernoulli", "p": 0.25}})
     _, _, strategy = train(raw)
-    omega = strategy.fedau.interval_sum / strategy.fedau.interval_count
+    omega = strategy.state["interval_sum"] / strategy.state["interval_count"]
     assert abs(float(omega.mean()) - 4.0) < 0.4

@@ -1,4 +1,4 @@
-"""Bounded history of past global models, for servers that need the model a stale answer was
+"""The past global models still needed (a bounded store of versions), for servers that need the model a stale answer was
 computed on (FedAsync mixes ``y = x_s + delta``; staleness repair inverts ``delta`` at ``x_s``).
 
 A version is the round whose global model was sent. Only versions some in-flight job was sent are
@@ -13,10 +13,10 @@ from __future__ import annotations
 import torch
 
 
-class ModelHistory:
+class ModelVersions:
     def __init__(self, limit: int):
         if limit < 1:
-            raise ValueError(f"history limit must be >= 1, got {limit}")
+            raise ValueError(f"strategy.history (versions kept) must be >= 1, got {limit}")
         self.limit = limit
         self.versions: dict[int, torch.Tensor] = {}
         self.dropped = 0  # versions evicted by the limit while still wanted
@@ -43,6 +43,6 @@ class ModelHistory:
 
     def load_state_dict(self, state: dict) -> None:
         if int(state["limit"]) != self.limit:
-            raise ValueError(f"history was saved with limit {state['limit']}, this run keeps {self.limit}")
+            raise ValueError(f"model versions were saved with limit {state['limit']}, this run keeps {self.limit}")
         self.versions = {int(v): p.clone() for v, p in state["versions"].items()}
         self.dropped = int(state["dropped"])

@@ -19,9 +19,11 @@ import numpy as np
 from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from ..runtime import protocol as P
+from . import protocol as P
+from .grid import FedsimGrid
 
 log = logging.getLogger("fedsim")
+
 
 class ClientMap:
     """``client id -> int`` for clients 0..N-1, stored as an ``[N]`` array plus a ``known`` mask;
@@ -83,7 +85,7 @@ class ClientDirectory:
         ``FedAvg`` waits for ``min_available_nodes``, and keep asking the nodes that have not
         answered until then (under load, Flower's simulation answers the first queries slowly).
         """
-        table = grid.client_table() if hasattr(grid, "client_table") else None
+        table = grid.client_table() if isinstance(grid, FedsimGrid) else None
         if table is not None and len(table[0]) == self.num_clients:
             self.node_of.set_all(table[0])
             self.num_examples.set_all(table[1])
@@ -109,9 +111,15 @@ class ClientDirectory:
             raise RuntimeError(f"{missing.size} of {self.num_clients} clients are not connected "
                                f"(first missing ids: {missing[:10].tolist()})")
 
-    def _query(self, grid: Grid, nodes: list[int], timeout: float | None) -> None:
+    def _query(self, grid, nodes: list[int], timeout: float | None) -> None:
         msgs = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
-        for reply in grid.send_and_receive(msgs, timeout=timeout):
+        if isinstance(grid, FedsimGrid):
+            ids = set(grid.push_messages(msgs))
+            replies = grid.pull_until(ids, len(ids), timeout=timeout)
+            grid.forget(ids - {r.metadata.reply_to_message_id for r in replies})  # no late answer in a training round
+        else:  # a plain Flower grid (Strategy.start in a user's ServerApp): its own blocking call
+            replies = grid.send_and_receive(msgs, timeout=timeout)
+        for reply in replies:
             if reply.has_error():
                 log.warning("node %s did not say which client it hosts: %s", reply.metadata.src_node_id,
                             reply.error.reason)

@@ -1,0 +1,42 @@
+"""Example-level DP as a client stage: what the server asks clients to run (DP-SGD through Opacus,
+``fedsim.local.example_dp``) and the ledger of the DP-SGD steps it asked each client for.
+
+Epsilon grows with the step count, so per data size only the busiest client is accounted: the
+reported ``dp/example_epsilon`` is the worst client's, from Opacus' RDP accountant at
+q = batch / n_i (fixed-size shuffled minibatches accounted as Poisson: Opacus' usual approximation).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..local.example_dp import example_epsilon
+from ..runtime import protocol as P
+
+
+class ExampleDPLedger:
+    def __init__(self, num_clients: int, *, noise_multiplier: float, clip_norm: float, delta: float, batch_size: int):
+        self.noise_multiplier, self.clip_norm, self.delta = float(noise_multiplier), float(clip_norm), float(delta)
+        self.batch_size = int(batch_size)
+        self.steps = torch.zeros(num_clients, dtype=torch.int64)  # DP-SGD steps each client was asked for
+
+    def client_config(self) -> dict:
+        return {P.EXAMPLE_DP_NOISE: self.noise_multiplier, P.EXAMPLE_DP_CLIP: self.clip_norm}
+
+    def record(self, cid: int, steps: int) -> None:
+        self.steps[cid] += int(steps)  # spent once the client trains, answer or not
+
+    def epsilon(self, num_examples) -> float:
+        """Worst client's example-level epsilon so far; ``num_examples`` maps client -> n_i."""
+        most_steps: dict[int, int] = {}  # n_i -> most steps of any client holding n_i examples
+        for c in torch.nonzero(self.steps).flatten().tolist():
+            n = max(num_examples.get(c, 1), 1)
+            most_steps[n] = max(most_steps.get(n, 0), int(self.steps[c]))
+        return max((example_epsilon(self.noise_multiplier, self.batch_size / n, steps, self.delta)
+                    for n, steps in most_steps.items()), default=0.0)
+
+    def state_dict(self) -> dict:
+        return {"steps": self.steps.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps = state["steps"].clone()

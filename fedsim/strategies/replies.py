@@ -1,0 +1,99 @@
+"""Decoding the clients' replies of a round into a ``Cohort`` of flat tensors.
+
+Malformed replies are rejected one by one, naming the reason in the log, and never reach the
+strategy: error replies, a missing or non-numeric metric, NaN/Inf or wrong-shaped updates, a sparse
+update where a dense one is due (or the reverse), a claimed round in the future, fewer than one local
+step, an unknown client, or a node answering for a client it does not host.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from flwr.app import ArrayRecord, Message
+
+from ..core.compression import Compressor, from_sparse
+from ..core.params import ParamSpec
+from ..runtime import protocol as P
+from ..runtime.directory import ClientDirectory
+
+log = logging.getLogger("fedsim")
+
+
+@dataclass(frozen=True)
+class Cohort:
+    clients: torch.Tensor       # int64 [K]
+    updates: torch.Tensor       # float32 [K, D]
+    num_examples: torch.Tensor  # float64 [K]
+    local_steps: torch.Tensor   # int64 [K]
+    model_round: torch.Tensor   # int64 [K], the round whose global model the client trained on
+    bits: torch.Tensor          # int64 [K], uplink bits of each message (the compressor's exact count)
+
+    def replace(self, **changes) -> "Cohort":
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def empty(cls, dim: int) -> "Cohort":
+        none = torch.zeros(0, dtype=torch.int64)
+        return cls(none, torch.zeros(0, dim), torch.zeros(0, dtype=torch.float64), none, none, none)
+
+
+@dataclass
+class ReplyDecoder:
+    spec: ParamSpec
+    compressor: Compressor
+    directory: ClientDirectory
+    dense_expected: Callable[[int], bool]  # whether client cid's answer is due dense (else values + indices)
+    message_bits: Callable[[int], int]     # uplink bits of client cid's answer
+
+    def decode(self, server_round: int, replies: list[Message]) -> tuple[Cohort, int]:
+        """``(cohort of the valid replies, number rejected)``."""
+        rows, rejected = [], 0
+        for msg in replies:
+            try:
+                rows.append(self._read(server_round, msg))
+            except (KeyError, ValueError, TypeError) as exc:
+                rejected += 1
+                log.warning("round %d: rejected the answer of node %s: %s", server_round,
+                            msg.metadata.src_node_id, exc)
+        if not rows:
+            return Cohort.empty(self.spec.dim), rejected
+        cids, updates, n, steps, rnd, bits = zip(*rows)
+        return Cohort(torch.tensor(cids), torch.stack(updates), torch.tensor(n, dtype=torch.float64),
+                      torch.tensor(steps), torch.tensor(rnd), torch.tensor(bits)), rejected
+
+    def _read(self, server_round: int, msg: Message) -> tuple:
+        if msg.has_error():
+            raise ValueError(f"client error: {msg.error.reason}")
+        metrics = msg.content[P.METRICS]
+        cid = int(metrics["partition-id"])
+        if self.directory.node_of.get(cid) != msg.metadata.src_node_id:
+            raise ValueError(f"node {msg.metadata.src_node_id} answered for client {cid}, which it does not host")
+        update = self._read_update(cid, msg.content[P.UPDATE])
+        if not torch.isfinite(update).all():
+            raise ValueError("update contains NaN or Inf")
+        model_round = int(metrics["server-round"])
+        if not 0 < model_round <= server_round:
+            raise ValueError(f"update claims to be computed on round {model_round} (now {server_round})")
+        steps = int(metrics["local-steps"])
+        if steps < 1:
+            raise ValueError(f"local-steps must be >= 1, got {steps}")
+        return cid, update, float(metrics["num-examples"]), steps, model_round, self.message_bits(cid)
+
+    def _read_update(self, cid: int, record: ArrayRecord) -> torch.Tensor:
+        dense = self.dense_expected(cid)
+        if P.is_sparse(record):
+            if dense:
+                raise ValueError(f"client {cid} sent a sparse update where a dense one is due")
+            return from_sparse(*P.read_sparse(record), self.spec.dim, self.compressor.k)
+        if not dense:
+            raise ValueError(f"client {cid} sent a dense update where a {self.compressor.name} "
+                             f"(k={self.compressor.k}) one is due")
+        update = P.read_flat(record)
+        if update.shape != (self.spec.dim,):
+            raise ValueError(f"update has {update.numel()} values, the model has {self.spec.dim}")
+        return update
