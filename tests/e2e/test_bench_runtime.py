@@ -11,6 +11,7 @@ import pytest
 from conftest import tiny_config
 
 
+@pytest.mark.slow  # ~15 s: a whole benchmark run
 def test_bench_runtime_skip_flower_json(tmp_path):
     tomli_w = pytest.importorskip("tomli_w")
     raw = tiny_config(**{"data.num_clients": 2, "participation.clients_per_round": 2})

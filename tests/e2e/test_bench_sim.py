@@ -72,6 +72,7 @@ def _check_arm(r: dict, processes_at_least: int = 1) -> None:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process tree and memory from /proc")
+@pytest.mark.slow  # ~15 s: a whole benchmark run
 def test_bench_sim_skip_flower_json(tmp_path, tiny_fmnist):
     result = _bench(tmp_path, tiny_fmnist, "--skip-flower")
     assert set(result) == {"workload", "machine", "memory_metric", "results", "targets"}

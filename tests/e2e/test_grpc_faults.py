@@ -67,6 +67,9 @@ class ErrorsFor:
     def __init__(self, handler, bad):
         self.handler, self.bad = handler, bad
 
+    def __getattr__(self, name):  # the rest of the handler interface (num_examples, state, close)
+        return getattr(self.handler, name)
+
     def query(self, msg, context):
         return self.handler.query(msg, context)
 
