@@ -74,7 +74,7 @@ class StrategyConfig:
 
 @dataclass(frozen=True)
 class RepairConfig:
-    """Staleness repair by gradient inversion (strategy ``repair``; ``fedsim.staleness.repair``)."""
+    """Staleness repair by gradient inversion (strategy ``repair``; ``fedsim.repair``)."""
 
     samples: int = 32           # synthetic samples in D_rec
     iterations: int = 200       # inversion steps (the paper: 10,000-40,000 on a GPU)

@@ -1,6 +1,6 @@
 """Gradient-inversion attacks, the observations they run on, defenses and metrics.
 
-See ``shared/reference/attacks.md`` for the threat models and the protocol. Public entry points:
+The inversion engine itself is ``fedsim.inversion`` (shared with staleness repair). Public entry points:
 
 * :func:`invert_update` -- estimate a client's data and labels from one weight update;
 * :func:`observe` and friends (:mod:`fedsim.attacks.observations`) -- what an attacker sees;
@@ -14,8 +14,9 @@ from .cpa import cpa
 from .defenses import DEFENSES, DefenseConfig, apply_defense
 from .dlg import dlg
 from .inverting import ig, invert_update, sme, unrolled
-from .labels import count_labels, idlg_label, recover_labels
-from .observations import Observation, fedavg_update, fedsgd_gradient, observe, secure_sum
+from ..inversion.labels import count_labels, idlg_label, recover_labels
+from ..inversion.observation import Observation
+from .observations import fedavg_update, fedsgd_gradient, observe, secure_sum
 
 __all__ = ["DEFENSES", "DefenseConfig", "Observation", "analytic_fc", "apply_defense", "count_labels",
            "cpa", "dlg", "fedavg_update", "fedsgd_gradient", "idlg_label", "ig", "invert_update",

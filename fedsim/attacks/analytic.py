@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from ..core.params import ParamSpec
-from .models import first_linear
-from .observations import Observation
+from ..inversion.layers import first_linear
+from ..inversion.observation import Observation
 
 __all__ = ["analytic_fc"]
 

@@ -10,8 +10,7 @@ the sum of N clients' gradients is one mixture of N * B inputs, separable while 
 
 Implementation choices (stated because they differ from the reference code):
 
-* the negentropy term is used (the shipped code computes it and then overwrites it with 0,
-  ``attacks.md`` §5.3);
+* the negentropy term is used (the shipped code computes it and then overwrites it with 0);
 * decorrelation is enforced exactly by symmetric orthogonalisation of U after every step
   (``U <- (U U^T)^{-1/2} U``, as in symmetric FastICA) instead of the exponential penalty;
 * sources come out of ICA up to scale, sign and offset (Sec. 3.3); the reference min-max scales
@@ -20,7 +19,7 @@ Implementation choices (stated because they differ from the reference code):
   ``db = (A D) D^-1 1`` gives every scale and sign and the row means give the offsets (exact when
   the separation is). Only if that is degenerate does it fall back to a pixel prior: it gives each source the typical per-image pixel mean and std of the data and picks
   the sign whose pixel skewness is closer to the typical one -- statistics an attacker can take
-  from public data of the same kind (threat E of ``attacks.md`` §1), stated as such in results.
+  from public data of the same kind, stated as such in results.
 
 Needs B <= m (the layer's width); uses ``model``'s first linear layer (``mlp``).
 """
@@ -34,9 +33,9 @@ import torch
 from torch import nn
 
 from ..core.params import ParamSpec
-from .models import first_linear
-from .objectives import total_variation
-from .observations import Observation
+from ..inversion.layers import first_linear
+from ..inversion.objectives import total_variation
+from ..inversion.observation import Observation
 
 __all__ = ["CPAConfig", "PixelPrior", "cpa"]
 

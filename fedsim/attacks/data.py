@@ -2,7 +2,7 @@
 
 Attacks and metrics work on images in [0, 1] pixel space; models see ``(u - mean) / std``. A
 :class:`Pool` keeps both views apart: ``images`` is pixel space, :class:`Normalizer` maps to and
-from model input. Pools (``attacks.md`` §6.4):
+from model input. Pools:
 
 * ``fashion-mnist`` / ``mnist5k`` / ``digits`` -- the train split of ``fedsim.data`` (the data a
   client would hold), de-normalised to pixels; Fashion-MNIST keeps the loader's standardisation

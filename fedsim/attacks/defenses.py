@@ -19,12 +19,11 @@ Each stage is a pure function of the flat update ``[D]`` (plus explicit state an
   (threat T4): each client's update is clipped to C, the server adds row ``round`` of the
   ``mechanism``'s noise stream (``fedsim.privacy.NoiseStream``, std z C sens(C), single
   participation over ``rounds`` rounds) to the *sum*; the released model difference is what the
-  third party inverts. The honest-but-curious server sees the pre-noise updates (no protection,
-  ``attacks.md`` §3) -- use ``clip`` for that view. Needs ``fedsim.privacy``.
+  third party inverts. The honest-but-curious server sees the pre-noise updates (no protection) -- use ``clip`` for that view. Needs ``fedsim.privacy``.
 
 A stage returns the message and the support the attacker learns (which coordinates were sent;
 ``None`` when dense), which adaptive attacks use to match only on the sent coordinates
-(``attacks.md`` §6.2 A6).
+(the adaptive attacker).
 """
 
 from __future__ import annotations
@@ -34,6 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..core.clipping import clip_rows
 from ..core.compression import make_compressor
 from ..core.error_feedback import ef21_step
 from ..core.params import ParamSpec
@@ -85,9 +85,9 @@ class DefenseConfig:
 
 
 def clip_update(u: torch.Tensor, clip: float) -> torch.Tensor:
-    """``u * min(1, clip / ||u||)`` (differentiable; used by adaptive attackers too)."""
-    norm = u.norm()
-    return u * torch.clamp(clip / (norm + 1e-12), max=1.0)
+    """``u * min(1, clip / ||u||)``: the user-level DP stage's clip (``fedsim.core.clipping``) on one
+    vector; differentiable, so adaptive attackers use it too."""
+    return clip_rows(u[None], clip)[0][0]
 
 
 def gaussian_noise(u: torch.Tensor, std: float, gen: torch.Generator) -> torch.Tensor:

@@ -3,7 +3,7 @@
 DLG (Zhu, Liu, Han, NeurIPS 2019, arXiv 1906.08935, Alg. 1): draw dummy inputs and dummy label
 logits, minimise ``|| grad(x', softmax(y')) - g ||^2`` (eq. 4) over both with L-BFGS (lr 1), no
 prior, no box. iDLG (Zhao et al. 2020, arXiv 2001.02610) first reads the label off the last-layer
-gradient (:mod:`fedsim.attacks.labels`) and then runs the same optimisation with labels fixed.
+gradient (:mod:`fedsim.inversion.labels`) and then runs the same optimisation with labels fixed.
 
 Departures from the reference code, each for robustness and stated in the result rows' config:
 a strong-Wolfe line search (``line_search``; the reference takes raw steps of lr 1 and diverges
@@ -22,9 +22,9 @@ from torch import nn
 
 from ..core.params import ParamSpec
 from .defenses import clip_update
-from .functional import flat_grad
-from .objectives import l2_distance
-from .observations import Observation
+from ..inversion.functional import flat_grad
+from ..inversion.objectives import l2_distance
+from ..inversion.observation import Observation
 
 __all__ = ["DLGConfig", "dlg"]
 

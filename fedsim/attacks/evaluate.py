@@ -1,4 +1,4 @@
-"""Attack x defense x batch-size evaluation: one result row per cell (``attacks.md`` §6-7).
+"""Attack x defense x batch-size evaluation: one result row per cell.
 
 A cell runs ``trials`` times. Each trial draws the victims' images (the same images for every
 attack and defense at that batch size and trial), builds the attack's model at initialisation
@@ -27,9 +27,10 @@ from .data import Pool, load_pool, sample_clients
 from .defenses import DefenseConfig, dp_epsilon
 from .dlg import dlg
 from .inverting import ig, sme
-from .labels import recover_labels
+from ..inversion.labels import recover_labels
+from ..inversion.observation import Observation
 from .models import build_attack_model
-from .observations import Observation, observe
+from .observations import observe
 from .utility import utility_accuracy
 
 __all__ = ["Example", "evaluate", "run_attack"]

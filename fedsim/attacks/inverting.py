@@ -3,12 +3,12 @@
 * IG (Geiping, Bauermeister, Droege, Moeller, NeurIPS 2020, arXiv 2003.14053, eq. 4): minimise
   ``1 - cos(grad(x', y), g) + tv * TV(x')`` with Adam on the *sign* of the gradient (lr 0.1,
   decayed x0.1 at 3/8, 5/8 and 7/8 of the steps) and the box constraint of valid pixels, labels
-  recovered beforehand (:mod:`fedsim.attacks.labels`).
+  recovered beforehand (:mod:`fedsim.inversion.labels`).
 * SME (Zhu, Yao, Blaschko, ICML 2023, arXiv 2306.00127, Sec. 4, eq. 6): the observation is a
   weight update ``d = w_T - w_0`` after many local steps. Match ``-d`` with the gradient at a
   surrogate ``w_0 + alpha d`` on the segment, alpha in [0, 1] learned jointly (Adam, lr 1e-3,
   clamped). alpha's gradient is computed explicitly by autograd through the surrogate (the
-  reference code's ``require_grad`` typo made its freeze a no-op, ``attacks.md`` §5.4); alpha
+  reference code's ``require_grad`` typo made its freeze a no-op); alpha
   fixed at 0 is the IG-on-the-update baseline.
 * Unrolled FedAvg (IG Sec. 5 / breaching ``FedAvgReconstructor``, the "strong" attacker of Guo et
   al.): simulate the client's ``local_steps`` SGD steps on the dummy data and match the simulated
@@ -26,10 +26,11 @@ import torch
 from torch import nn
 
 from ..core.params import ParamSpec
-from .functional import flat_grad, local_update
-from .labels import recover_labels
-from .objectives import cosine_distance, total_variation
-from .observations import Observation
+from ..inversion.functional import flat_grad, local_update
+from ..inversion.labels import recover_labels
+from ..inversion.objectives import cosine_distance, total_variation
+from ..inversion.observation import Observation
+from ..inversion.optimise import ig_schedule, optimise, random_images
 
 __all__ = ["IGConfig", "SMEConfig", "ig", "ig_schedule", "invert_update", "random_images", "sme", "unrolled"]
 
@@ -54,52 +55,6 @@ class SMEConfig(IGConfig):
     client_lr: float = 0.01    # the victim's SGD learning rate (SME's own setting: 0.004)
 
 
-def ig_schedule(opt: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.MultiStepLR:
-    milestones = sorted({max(1, int(steps * f)) for f in (3 / 8, 5 / 8, 7 / 8)})
-    return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
-
-
-def _optimise(loss_fn, x0: torch.Tensor, *, steps: int, lr: float, signed: bool,
-              box: tuple[float, float] | None, alpha: torch.Tensor | None = None,
-              alpha_lr: float = 1e-3) -> tuple[torch.Tensor, float, float | None]:
-    """Adam (signed by default) on ``x``, optionally with a learned ``alpha`` in [0, 1].
-
-    Returns the iterate with the lowest loss seen, that loss, and alpha at that point."""
-    x = x0.clone().requires_grad_(True)
-    opt = torch.optim.Adam([x], lr=lr)
-    sched = ig_schedule(opt, steps)
-    opt_a = torch.optim.Adam([alpha], lr=alpha_lr) if alpha is not None else None
-    best = (x.detach().clone(), float("inf"), None if alpha is None else float(alpha.detach()))
-    for _ in range(steps):
-        opt.zero_grad(set_to_none=False)
-        if opt_a is not None:
-            opt_a.zero_grad(set_to_none=False)
-        loss = loss_fn(x, alpha)
-        value = float(loss.detach())
-        if value != value:  # NaN: keep the best so far
-            break
-        if value < best[1]:
-            best = (x.detach().clone(), value, None if alpha is None else float(alpha.detach()))
-        loss.backward()
-        if signed:
-            x.grad.sign_()
-        opt.step()
-        sched.step()
-        if opt_a is not None:
-            opt_a.step()
-            with torch.no_grad():
-                alpha.clamp_(0.0, 1.0)
-        if box is not None:
-            with torch.no_grad():
-                x.clamp_(*box)
-    return best
-
-
-def random_images(n: int, input_shape: tuple, gen: torch.Generator, box) -> torch.Tensor:
-    x = torch.randn(n, *input_shape, generator=gen)
-    return x.clamp(*box) if box is not None else x
-
-
 def ig(model: nn.Module, obs: Observation, *, input_shape: tuple, labels: torch.Tensor,
        cfg: IGConfig, gen: torch.Generator, box: tuple[float, float] | None = None
        ) -> tuple[torch.Tensor, dict]:
@@ -114,7 +69,7 @@ def ig(model: nn.Module, obs: Observation, *, input_shape: tuple, labels: torch.
 
     best = None
     for _ in range(max(1, cfg.restarts)):
-        x, loss, _ = _optimise(loss_fn, random_images(len(labels), input_shape, gen, box), steps=cfg.steps,
+        x, loss, _ = optimise(loss_fn, random_images(len(labels), input_shape, gen, box), steps=cfg.steps,
                                lr=cfg.lr, signed=cfg.signed, box=box)
         if best is None or loss < best[1]:
             best = (x, loss)
@@ -139,7 +94,7 @@ def sme(model: nn.Module, obs: Observation, *, input_shape: tuple, labels: torch
     best = None
     for _ in range(max(1, cfg.restarts)):
         alpha = torch.tensor(float(cfg.alpha_init), requires_grad=True) if cfg.learn_alpha else None
-        x, loss, a = _optimise(loss_fn, random_images(len(labels), input_shape, gen, box), steps=cfg.steps,
+        x, loss, a = optimise(loss_fn, random_images(len(labels), input_shape, gen, box), steps=cfg.steps,
                                lr=cfg.lr, signed=cfg.signed, box=box, alpha=alpha,
                                alpha_lr=cfg.alpha_lr)
         if best is None or loss < best[1]:
@@ -161,7 +116,7 @@ def unrolled(model: nn.Module, obs: Observation, *, input_shape: tuple, labels: 
                            batch_size=obs.batch_size, create_graph=True)
         return cosine_distance(sim, obs.value, obs.mask) + tv * total_variation(x)
 
-    x, loss, _ = _optimise(loss_fn, random_images(len(labels), input_shape, gen, box), steps=steps, lr=lr,
+    x, loss, _ = optimise(loss_fn, random_images(len(labels), input_shape, gen, box), steps=steps, lr=lr,
                            signed=signed, box=box)
     return x, {"match_loss": loss}
 

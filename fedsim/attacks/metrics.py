@@ -1,7 +1,7 @@
 """Reconstruction metrics in [0, 1] pixel space: PSNR, SSIM, label accuracy, matching, floors.
 
 All functions take images ``[n, C, H, W]`` already mapped to pixel space; they clamp to [0, 1]
-first (``attacks.md`` §4 rule 1: unclamped reconstructions give meaningless, even negative, PSNRs).
+first (unclamped reconstructions give meaningless, even negative, PSNRs).
 
 * PSNR is per image, ``10 log10(1 / MSE_i)`` with data range 1, and a batch is summarised by the
   mean of the per-image values (as breaching, IG and SME report it; torchmetrics' default
@@ -12,7 +12,7 @@ first (``attacks.md`` §4 rule 1: unclamped reconstructions give meaningless, ev
   ``skimage.metrics.structural_similarity(..., gaussian_weights=True, sigma=1.5,
   use_sample_covariance=False, data_range=1)``. It is *not* breaching's CW-SSIM.
 * Reconstructions come out in arbitrary order; :func:`match` pairs them with the ground truth by
-  the Hungarian algorithm on MSE (``attacks.md`` §4 rule 2).
+  the Hungarian algorithm on MSE.
 * :func:`floor_psnr` is the no-information floor: the mean PSNR of the best single constant image
   (one grey level, or one colour) against a set of images. An attack within 1-2 dB of it failed.
 """

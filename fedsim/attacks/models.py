@@ -16,7 +16,7 @@ from torch import nn
 
 from ..models import MODELS, build_model
 
-__all__ = ["ATTACK_MODELS", "build_attack_model", "first_linear", "last_linear"]
+__all__ = ["ATTACK_MODELS", "build_attack_model"]
 
 ATTACK_MODELS = ("lenet-sigmoid",) + tuple(m for m in MODELS if m != "char-lstm")
 
@@ -45,26 +45,3 @@ def _lenet_sigmoid(shape: tuple, classes: int, gen: torch.Generator) -> nn.Modul
         for p in model.parameters():
             p.copy_(torch.rand(p.shape, generator=gen) - 0.5)
     return model
-
-
-def _linears(model: nn.Module) -> list[str]:
-    return [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-
-
-def last_linear(model: nn.Module) -> tuple[str, str]:
-    """State-dict names ``(weight, bias)`` of the model's last linear (classifier) layer."""
-    names = _linears(model)
-    if not names:
-        raise ValueError("model has no linear layer")
-    return f"{names[-1]}.weight", f"{names[-1]}.bias"
-
-
-def first_linear(model: nn.Module) -> tuple[str, str]:
-    """State-dict names ``(weight, bias)`` of the model's first linear layer."""
-    names = _linears(model)
-    if not names:
-        raise ValueError("model has no linear layer")
-    module = dict(model.named_modules())[names[0]]
-    if module.bias is None:
-        raise ValueError("the first linear layer has no bias")
-    return f"{names[0]}.weight", f"{names[0]}.bias"

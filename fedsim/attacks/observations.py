@@ -1,4 +1,4 @@
-"""Threat models: exactly what the attacker observes (``attacks.md`` §1 and §6.1).
+"""Threat models: exactly what the attacker observes.
 
 An attack receives an :class:`Observation` and nothing else; ground truth goes only to the scorer
 (breaching's split into case / attack / analysis).
@@ -20,8 +20,6 @@ The victim's inputs are in model-input space here (already normalised).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
@@ -29,32 +27,10 @@ from ..core.params import ParamSpec
 from ..data import Split
 from ..local.reference import Job, job_seed, train_cohort
 from .defenses import DefenseConfig, apply_defense, central_noise
-from .functional import flat_grad
+from ..inversion.functional import flat_grad
+from ..inversion.observation import Observation
 
 __all__ = ["Observation", "fedavg_update", "fedsgd_gradient", "observe", "secure_sum"]
-
-
-@dataclass(frozen=True, eq=False)
-class Observation:
-    """What the attacker sees, plus the protocol facts it is assumed to know.
-
-    ``value`` is a gradient (``kind == "gradient"``: the mean-loss gradient over all
-    ``num_samples`` samples when no defense distorts it) or a mean weight update
-    (``kind == "update"``: the sum of the group's updates divided by ``num_clients``).
-    ``mask`` marks the coordinates that were sent (sparse defenses), ``clip_norm`` bounds one
-    client's message in ``value`` units (known clipping; ``None`` when absent or aggregated)."""
-
-    threat: str
-    kind: str
-    params: torch.Tensor          # [D] global parameters the clients started from
-    value: torch.Tensor           # [D]
-    num_samples: int              # N * B: the server reads num-examples from the replies
-    num_clients: int
-    batch_size: int
-    lr: float
-    local_steps: int
-    mask: torch.Tensor | None = None
-    clip_norm: float | None = None
 
 
 def fedsgd_gradient(model: nn.Module, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor

@@ -1,7 +1,7 @@
 """Outputs of an attack evaluation: ``results.json``, ``results.md`` (the table) and ``grid.png``
 (plus ``examples.pt``, the figure's images, so it can be re-plotted).
 
-The table follows ``attacks.md`` §7: one row per attack x defense x batch size, with the floor
+The table has one row per attack x defense x batch size, with the floor
 of the same images beside every PSNR. The figure puts the originals above the reconstructions,
 one column per image, each reconstruction captioned with its PSNR (and recovered label).
 """

@@ -1,7 +1,7 @@
 """Utility under a defense: test accuracy of a model trained by FedAvg with the defense in place.
 
 The privacy side of a row says what an attacker recovers; this says what the defense costs
-(``attacks.md`` §7, "utility column"). A small FedAvg run (McMahan et al. 2017, arXiv 1602.05629,
+(the "utility" column). A small FedAvg run (McMahan et al. 2017, arXiv 1602.05629,
 Alg. 1): each round ``clients`` clients, each owning a fixed IID shard, run the reference trainer
 from the global model; every update passes through the same per-client defense stage the attacks
 saw (EF21 keeps each client's state across rounds); the server adds the mean message (the sum

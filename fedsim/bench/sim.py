@@ -4,8 +4,7 @@
     fedsim bench sim --device cuda [--cohorts 10,100,1000]          (vectorized vs sequential trainer)
     fedsim bench sim --device cpu --trainer-compare --cohorts 2,4   (the same, on CPU: a correctness check)
 
-Workload: LeNet (``conv5(16)-pool-conv5(32)-pool-fc160-fc``, the "small CNN" of
-``reference/flower.md``) on Fashion-MNIST split IID into ``population`` clients (600 samples each for
+Workload: LeNet (``conv5(16)-pool-conv5(32)-pool-fc160-fc``, a small CNN) on Fashion-MNIST split IID into ``population`` clients (600 samples each for
 100 clients), K clients a round, each ``ceil(600 / 32) = 19`` plain SGD steps of batch 32 (one local
 epoch), FedAvg. The arms, for each K in turn (the order reversed on odd repeats):
 

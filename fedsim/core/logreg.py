@@ -12,7 +12,7 @@ gradients. The LIBSVM matrices are 4-44% non-zero, and the CSR products were fas
 on all four files (1.2x on phishing, 3x on mushrooms, 7-15x on a9a and w8a, measured); the results
 agree with the dense formulas to round-off.
 
-Smoothness (``shared/reference/ef21.md`` §3.5): the logistic Hessian is bounded by A_i^T A_i / (4 N_i)
+Smoothness: the logistic Hessian is bounded by A_i^T A_i / (4 N_i)
 and the regulariser's second derivative lies in [-0.5, 2] (max 2 at 0), so
 L_i = lambda_max(A_i^T A_i / (4 N_i)) + 2 lam; L is the same formula on the whole data set (as the
 official code computes it); L_QM = sqrt(mean L_i^2) and L_AM = mean L_i.

@@ -5,7 +5,7 @@ version (round) ``s`` and aggregated in round ``t``. Sign convention: ``delta = 
 model after local training minus the model it started from.
 
 * Staleness functions (FedAsync, Xie, Koyejo, Gupta 2019, arXiv 1903.03934, the s(t - tau) choices
-  of its experiments; participation-and-async.md §5.1): ``constant`` s = 1; ``polynomial`` s = (tau + 1)^(-a);
+  of its experiments): ``constant`` s = 1; ``polynomial`` s = (tau + 1)^(-a);
   ``hinge`` s = 1 if tau <= b else 1 / (a (tau - b) + 1); ``exponential`` s = exp(-a tau)
   (Wang & Gao's "weighted" baseline 2^(-tau/20) is exponential with a = ln 2 / 20).
 * ``direct`` -- aggregate stale updates as if fresh: ``x + eta * mean_i delta_i`` (the "unweighted"

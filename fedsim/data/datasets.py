@@ -4,7 +4,6 @@ Every loader reads data that is already on the machine (package data, a Debian p
 generated in process); nothing downloads. A missing dataset raises :class:`DatasetUnavailable`
 whose message names the install command. Loaded datasets are cached in-process by
 ``(name, data_dir, options)``; the returned tensors are shared, so treat them as read-only.
-See ``shared/reference/datasets.md`` for the facts behind each loader.
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 The files come from the LIBSVM data collection (Chang & Lin, https://www.csie.ntu.edu.tw/~cjlin/
 libsvmtools/datasets/). The recipe is the official EF21 logistic-regression one
-(``shared/reference/ef21.md`` §3): parse with ``sklearn.datasets.load_svmlight_file`` and its
+(arXiv 2106.05203, Sec. 5): parse with ``sklearn.datasets.load_svmlight_file`` and its
 defaults, make the matrix dense float64, map the labels to {-1, +1} (smallest label -> -1) and split
 the rows in file order into n contiguous clients, the last one taking the leftovers.
 

@@ -1,4 +1,5 @@
-"""Reproduction of the EF21 logistic-regression experiments (``shared/reference/ef21.md`` §3).
+"""Reproduction of the EF21 logistic-regression experiments (Richtarik, Sokolov, Fatkhullin, NeurIPS
+2021, arXiv 2106.05203, Sec. 5 and the authors' public recipe).
 
 Methods, all on the same data, partition, x0 and (for the EF family) compressor:
 
@@ -187,13 +188,13 @@ def _everyone(grads: torch.Tensor) -> Record:
 
 def build_problem(dataset: str, data_dir: str | None = None, n_clients: int = 20,
                   lam: float = LAMBDA) -> LogregProblem:
-    """§3 steps 1-4: LIBSVM file, labels ±1, n contiguous clients, lam = 0.1."""
+    """The recipe's problem: LIBSVM file, labels ±1, n contiguous clients, lam = 0.1."""
     a, y = load_libsvm(dataset, data_dir)
     return LogregProblem(a, y, contiguous_offsets(len(y), n_clients), lam)
 
 
 def initial_point(d: int) -> torch.Tensor:
-    """x^0 = numpy.random.default_rng(0).standard_normal(d) (§3.6)."""
+    """x^0 = numpy.random.default_rng(0).standard_normal(d) )."""
     return torch.from_numpy(np.random.default_rng(X0_SEED).standard_normal(d))
 
 
@@ -208,7 +209,7 @@ class Run:
 def run_method(problem: LogregProblem, method: str, *, dataset: str = "", compressor: str = "top-k",
                k: int = 1, step_multiplier: float = 1.0, iterations: int = 5000, tol: float | None = None,
                participation: float = 0.5, batch_fraction: float = 0.5, seed: int = 0) -> Run:
-    """Run one method of the §3 recipe for ``iterations`` rounds (or until ||grad f||^2 < tol)."""
+    """Run one method of the recipe for ``iterations`` rounds (or until ||grad f||^2 < tol)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}, expected one of {METHODS}")
     d, n = problem.d, problem.n
@@ -261,7 +262,7 @@ def run_method(problem: LogregProblem, method: str, *, dataset: str = "", compre
 
 
 def first_below(norms: np.ndarray) -> dict[str, int | None]:
-    """First iteration whose ||grad f||^2 is below each tolerance of §3.11 (None when never)."""
+    """First iteration whose ||grad f||^2 is below each tolerance of ``TOLERANCES`` (None when never)."""
     out = {}
     for key in TOLERANCES:
         hits = np.flatnonzero(norms < float(key))

@@ -23,7 +23,7 @@ def add_parser(subparsers) -> None:
     which = repro.add_subparsers(dest="experiment", required=True)
     p = which.add_parser("ef21", help="EF21 / EF21-W / EF14 / GD on nonconvex logistic regression (LIBSVM)",
                          description="The official EF21 logistic-regression recipe "
-                                     "(shared/reference/ef21.md section 3).")
+                                     "(arXiv 2106.05203, Sec. 5).")
     p.add_argument("--dataset", default="phishing", help="LIBSVM file stem in the data folder (default phishing)")
     p.add_argument("--data-dir", help="folder holding <dataset>.txt (default $FEDSIM_LIBSVM_DIR, "
                                       "else ../shared/data/libsvm)")

@@ -31,7 +31,7 @@ from ..participation import PARTICIPATION, build_participation
 from ..privacy import MECHANISMS
 from ..runtime.protocol import EF_INITS
 from ..stages import SERVER_OPTIMIZERS, UserLevelDP
-from ..staleness import MODES, SWITCHES
+from ..repair import MODES, SWITCHES
 from ..strategies import FedsimStrategy
 from ..strategies.fedavg import WEIGHTINGS
 from ..strategies.registry import COMMON_KEYS, OWNED_SECTIONS, STRATEGIES, StrategyRow

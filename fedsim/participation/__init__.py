@@ -1,5 +1,5 @@
 """Participation models (the environment): who starts work each round, how many local steps, and
-how long the answer takes. See ``models.py`` and participation-and-async.md §1–§3.
+how long the answer takes. See ``models.py``.
 
 ``build_participation(name, num_clients, seed=..., label_hist=..., **params)`` validates every
 parameter and raises ValueError naming it. Parameters (all optional unless noted):
@@ -13,7 +13,7 @@ parameter and raises ValueError naming it. Parameters (all optional unless noted
 - ``fixed-epoch``: ``clients_per_round`` (required, divides N): a seeded split into N/k groups
   taking turns, the participation pattern DP matrix factorization plans for
 - ``bernoulli``/``markov``/``cyclic``/``anarchic`` take probabilities from ``prob_mode``:
-  ``"label-linked"`` (FedAU §3.4; needs ``label_hist``; ``alpha``, ``p_mean``, ``p_min``),
+  ``"label-linked"`` (FedAU, arXiv 2306.03401, App. D; needs ``label_hist``; ``alpha``, ``p_mean``, ``p_min``),
   ``"heterogeneous"`` (Beta; ``p_mean``, ``p_min``, ``prob_spread``), ``"constant"`` (``p``), or
   explicit ``probs`` [N]. Default mode: ``"constant"`` if ``p`` is given, else ``"label-linked"``
   if ``label_hist`` is given, else ``"heterogeneous"``.

@@ -4,7 +4,6 @@ steps it runs and how long (virtual seconds) its answer takes. They know nothing
 Sources: FedAU's ``WorkerSampler`` (Wang & Ji, arXiv 2306.03401; ``IBM/fedau`` 6e9cce9,
 ``util/util.py``) for ``bernoulli``/``markov``/``cyclic``; Anarchic FL (Yang et al., arXiv
 2108.09875) for ``anarchic`` (clients choose when to participate and how many local steps to run).
-See /work/shared/reference/participation-and-async.md §1–§3.
 
 Determinism: all randomness comes from one ``np.random.default_rng([seed, tag])`` per model. Each
 round draws a fixed number of variates over *all* N clients in a fixed order, whatever the
@@ -293,7 +292,7 @@ class BernoulliParticipation(_ProbModel):
 
 
 class MarkovParticipation(_ProbModel):
-    """Two-state Markov chain per client (FedAU ``markov-a``, §3.3): inactive→active w.p. ``a``,
+    """Two-state Markov chain per client (FedAU ``markov-a``): inactive→active w.p. ``a``,
     active→inactive w.p. ``b = a(1/p − 1)``; if b > 1: a ← a/b, b ← 1. Stationary P(active) = p,
     initial state ~ Bernoulli(p), state updated before it is read each round."""
 
@@ -322,7 +321,7 @@ class MarkovParticipation(_ProbModel):
 
 
 class CyclicParticipation(_ProbModel):
-    """Deterministic cycles (FedAU ``cyclic-c``, §3.3): ``on = max(1, round(c·p))`` rounds active,
+    """Deterministic cycles (FedAU ``cyclic-c``): ``on = max(1, round(c·p))`` rounds active,
     then ``off = max(1, c − on)`` inactive; each client starts inactive with a random phase in
     [0, off). Effective rate on/(on+off) (``expected_rate``), which differs from p when clamped.
     Rounding is numpy's half-to-even, as in the reference."""

@@ -3,12 +3,11 @@
 ``label_linked_probs`` follows FedAU (Wang & Ji, arXiv 2306.03401; ``IBM/fedau`` commit 6e9cce9,
 ``util/util.py::data_participation_each_node``): one global multiplier ``m ~ Dirichlet(alpha·1_C)``
 over the classes, ``p_n = (q_n·m)·(p_mean·C)`` with ``q_n`` client n's label histogram, floored at
-``p_min``. Unlike the reference we also clip at 1 (see participation-and-async.md §3.4, §3.7.5):
+``p_min``. Unlike the reference we also clip at 1:
 for C = 100 the factor p_mean·C = 10 can push p_n above 1.
 
 ``heterogeneous_probs`` is a label-independent alternative (Beta-distributed p_n) for runs without
-label histograms. With label-independent p_n, FedAU-style reweighting has little to correct
-(§3.7.1).
+label histograms. With label-independent p_n, FedAU-style reweighting has little to correct.
 """
 
 from __future__ import annotations
@@ -42,7 +41,7 @@ def label_linked_probs(
     ``label_hist`` is [N, C] (fractions; rows of counts are normalised; all-zero rows get p_min). One global
     ``m ~ Dirichlet(alpha·1_C)`` is drawn from ``default_rng([seed, tag])``, so clients holding
     "popular" labels participate far more often. E[mean p] = p_mean before the floor/clip; for
-    C = 10, N = 250, Dirichlet(0.1) data, about a third of the clients sit at the floor (§3.4).
+    C = 10, N = 250, Dirichlet(0.1) data, about a third of the clients sit at the floor.
     """
     q = np.asarray(label_hist, dtype=np.float64)
     if q.ndim != 2 or q.shape[0] < 1 or q.shape[1] < 1:

@@ -1,5 +1,5 @@
 """Differential privacy with correlated noise: matrix-factorization planning (offline),
-streaming noise (online) and accounting. See reference/dp-matrix-factorization.md.
+streaming noise (online) and accounting (Choquette-Choo et al., ICML 2023, arXiv 2211.06530).
 
 Training-loop API::
 

@@ -1,6 +1,6 @@
 """Privacy accounting with Google's ``dp_accounting`` (RDP and PLD; no JAX/TF).
 
-Two kinds of release (reference §1.3, §6):
+Two kinds of release:
 
 - **independent noise** (DP-SGD / DP-FedAvg, Abadi et al., arXiv 1607.00133, §3.1; RDP of the
   subsampled Gaussian, Mironov et al., arXiv 1908.10530): ``steps`` Poisson-sampled Gaussian

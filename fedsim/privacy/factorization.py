@@ -1,6 +1,6 @@
 """A factorization ``A = B·C`` of a workload, its error metrics, and its file format.
 
-Conventions (reference dp-matrix-factorization.md §1, §3.4):
+Conventions:
 
 - C is lower-triangular [n, n] (the binary tree's C is its node × step matrix [m, n]);
   ``X = CᵀC``; the release is ``B(CG + Z)`` = ``A(G + W·Z)`` with W the *noise map*

@@ -3,8 +3,8 @@ online, where Z has i.i.d. N(0, 1) rows drawn from a generator keyed by (seed, r
 
 The server adds ``next()`` = ``std · w_t`` to the sum of clipped updates at round t, with
 ``std = noise_multiplier · clip_norm · sens(C)`` (see :func:`noise_std`); the whole release is
-then one Gaussian mechanism with that noise multiplier (reference §1.3). Kernels by factor
-structure (reference §4):
+then one Gaussian mechanism with that noise multiplier (arXiv 2211.06530, §2). Kernels by factor
+structure:
 
 | structure | recursion | memory |
 |---|---|---|
@@ -28,7 +28,7 @@ from .tree import prefix_nodes
 
 
 def noise_std(noise_multiplier: float, clip_norm: float, sensitivity: float) -> float:
-    """Std of Z per coordinate: σ·ζ·sens(C) (reference §1.1)."""
+    """Std of Z per coordinate: σ·ζ·sens(C)."""
     return float(noise_multiplier) * float(clip_norm) * float(sensitivity)
 
 

@@ -1,7 +1,7 @@
 """Which node hosts which client.
 
 Flower node ids are transient random integers and the server never sees a node's ``partition-id``
-(reference/flower.md §3.5), yet FedAU counters, AFA-CS memory and participation limits need stable
+(a ClientApp reads it from its node config), yet FedAU counters, AFA-CS memory and participation limits need stable
 client ids. ``ClientDirectory`` learns the map with one QUERY message per node. On fedsim's
 in-process grid, which assigned the partition ids itself, it reads the map in one call instead
 (``InProcessGrid.client_table``): at N = 100,000 the QUERY round costs ~40 s and ~400 MB of Flower

@@ -2,7 +2,7 @@
 
 Aggregates like ``direct`` (``x + eta * mean_i delta_i``), but each answer at least
 ``repair.min_staleness`` rounds stale is first replaced by its repaired estimate
-(``fedsim.staleness.repair``: invert the update at the model it was computed on, replay the
+(``fedsim.repair``: invert the update at the model it was computed on, replay the
 estimated data from the current model). The server needs the architecture (a model instance; its
 weights are unused), the input shape and the box of valid inputs, and keeps the models of the
 versions still in flight (bounded ``ModelVersions``). An answer whose version the store has lost
@@ -22,7 +22,7 @@ from ..config import RepairConfig
 from ..core import staleness as S
 from ..core.params import ParamSpec
 from ..local.reference import job_seed
-from ..staleness import repair_update
+from ..repair import repair_update
 from .asynchronous import AsyncStrategy
 from .base import Cohort
 

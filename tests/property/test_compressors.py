@@ -1,4 +1,4 @@
-"""Compressor properties (shared/reference/ef21.md §1.1, §8.1.8) on float64 vectors.
+"""Compressor properties (arXiv 2106.05203, Def. 1) on float64 vectors.
 
 Hypothesis checks the deterministic properties; the unbiasedness checks are fixed-seed statistical
 tests whose tolerance (5 standard errors of the mean, from the known variance) is stated inline.

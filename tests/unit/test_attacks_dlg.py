@@ -13,7 +13,7 @@ from fedsim.attacks import metrics
 from fedsim.attacks.data import load_pool, sample_clients
 from fedsim.attacks.defenses import DefenseConfig
 from fedsim.attacks.dlg import DLGConfig, dlg
-from fedsim.attacks.labels import count_labels, idlg_label
+from fedsim.inversion.labels import count_labels, idlg_label
 from fedsim.attacks.models import build_attack_model
 from fedsim.attacks.observations import observe
 from fedsim.core.params import ParamSpec

@@ -1,4 +1,4 @@
-"""EF21 family on the nonconvex logistic-regression problem (shared/reference/ef21.md §8), float64.
+"""EF21 family on the nonconvex logistic-regression problem (arXiv 2106.05203, Sec. 5), float64.
 
 Exact tests run on a tiny synthetic problem with heterogeneous clients; the real-data tests read the
 LIBSVM files (skipped with a reason when the folder is absent).
@@ -272,7 +272,7 @@ def test_first_below():
 @pytest.mark.slow
 @needs_libsvm
 def test_ef21_keeps_decreasing_where_ef14_plateaus():
-    """Phishing, Top-1 (§8.2). Measured at multiplier 8: EF21 goes from >= 1.5e-4 (iterations 300-400)
+    """Phishing, Top-1. Measured at multiplier 8: EF21 goes from >= 1.5e-4 (iterations 300-400)
     to 5e-12 at 700, while EF14 hovers at 4.5e-6..1e-5 from 400 on; at 64 EF14's floor is ~3.4e-4."""
     a, y = load_libsvm("phishing")
     p = LogregProblem(a, y, contiguous_offsets(len(y), 20))

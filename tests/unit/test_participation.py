@@ -1,7 +1,7 @@
 """Participation models (environment): plans, masks, determinism, save/restore, statistics.
 
 Statistical checks use fixed seeds and N = 200 clients × 2000 rounds (tolerances stated inline);
-targets from participation-and-async.md §3.3–§3.4, §7.
+targets from FedAU (arXiv 2306.03401, App. D).
 """
 
 from __future__ import annotations
@@ -239,7 +239,7 @@ def test_probs_clamped():
 
 
 def test_label_linked_probs_stats():
-    """§3.4: N=250, C=10, Dirichlet(0.1) data ⇒ mean p ≈ 0.10, ~35% at the floor 0.02, max ≈ 0.4–0.65.
+    """N=250, C=10, Dirichlet(0.1) data ⇒ mean p ≈ 0.10, ~35% at the floor 0.02, max ≈ 0.4–0.65.
     Measured over seeds 0..9: mean 0.092–0.118 (avg 0.105), floor share 0.15–0.62 (avg 0.40),
     max 0.39–0.87 (the global m ~ Dirichlet(0.1) is one draw, so seeds vary a lot)."""
     hist = _hist(250, 10, seed=1)

@@ -1,4 +1,4 @@
-"""Accounting with dp_accounting: the §9 row, calibration, the per-round ledger."""
+"""Accounting with dp_accounting: a known row, calibration, the per-round ledger."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Factorizations: orientation, closed forms and the oracle values of dp-matrix-factorization.md §9."""
+"""Factorizations: orientation, closed forms and known oracle values."""
 
 import math
 
@@ -50,7 +50,7 @@ def test_optimal_single_participation_n16_oracle():
     # the Denisov et al. fixed point (an independent algorithm) reaches the same optimum
     Xfp, _ = fixed_point(prefix_sum(n))
     assert np.allclose(Xfp, X, atol=1e-6)
-    # at this optimum the plain Cholesky factor has column norms far from 1 (reference §3.4)
+    # at this optimum the plain Cholesky factor has column norms far from 1
     assert np.sqrt((np.linalg.cholesky(X) ** 2).sum(0)).max() == pytest.approx(1.74, abs=0.01)
 
 

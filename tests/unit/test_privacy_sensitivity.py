@@ -76,7 +76,7 @@ def test_toeplitz_formula_equals_generic_bound_equals_brute_force():
 
 
 def test_fixed_epoch_factor_is_under_noised_under_min_separation():
-    """Reference §2 pitfall: the ME-MF factor's min-sep sensitivity is strictly larger."""
+    """A known pitfall: the ME-MF factor's min-sep sensitivity is strictly larger."""
     fe = plan_factorization("optimal", S("fixed-epoch", 12, 3, 4))
     s_fe = fe.sensitivity().squared
     ms = S("min-separation", 12, 3, 4)

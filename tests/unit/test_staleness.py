@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from fedsim.attacks.functional import local_update
+from fedsim.inversion.functional import local_update
 from fedsim.config import ConfigError, RepairConfig
 from fedsim.experiments.setup import load as load_config
 from fedsim.core import staleness as S
@@ -13,7 +13,7 @@ from fedsim.core.model_versions import ModelVersions
 from fedsim.core.params import ParamSpec
 from fedsim.models import build_model
 from fedsim.participation import build_participation, slow_clients
-from fedsim.staleness import repair_update
+from fedsim.repair import repair_update
 
 from helpers import train
 
@@ -230,7 +230,7 @@ def test_budget_table_reads_accuracy_at_fixed_virtual_times():
 
 
 def test_a_failed_inversion_is_never_aggregated_even_without_a_switch_policy(monkeypatch):
-    import fedsim.staleness.repair as R
+    import fedsim.repair as R
 
     model, spec, x_s, x_t, stale, _, replay = _convex_case()
     monkeypatch.setattr(R, "invert", lambda *a, **k: (torch.full((1, 10), float("nan")), torch.ones(1, 4) / 4,

@@ -18,7 +18,7 @@ def test_afa_full_participation_one_step_equals_fedavg(tiny):
 
 
 def test_afa_cd_with_constant_steps_equals_fedavg_with_rate_over_k(tiny):
-    """tau = 0, constant K: AFA-CD is FedAvg with server rate eta / K (participation-and-async.md §2.3)."""
+    """tau = 0, constant K: AFA-CD is FedAvg with server rate eta / K."""
     common = {"participation": {"name": "full"}, "client.local_steps": 4}
     ref, _, _ = train(tiny(**common, **{"strategy.name": "fedavg", "strategy.server_lr": 0.5,
                                         "strategy.weighting": "uniform"}))

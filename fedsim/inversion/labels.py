@@ -1,4 +1,4 @@
-"""Label recovery from the last layer's gradient (attack A0, ``attacks.md`` §2.2 and §6.2).
+"""Label recovery from the last layer's gradient (the first step of every inversion).
 
 * :func:`idlg_label` -- iDLG (Zhao, Mopuri, Bilen 2020, arXiv 2001.02610, Sec. 3.1): with softmax
   cross-entropy and one sample, the logit gradient is ``p - onehot(y)``, negative only at the true
@@ -13,7 +13,7 @@
   fits its data, or a clipped message -- it is calibrated on the classes with a positive bias
   gradient (taken as absent, so ``g_b[c] = k pbar_c`` there).
 
-Both read the gradient from an :class:`~fedsim.attacks.observations.Observation`: a gradient view
+Both read the gradient from an :class:`~fedsim.inversion.observation.Observation`: a gradient view
 directly, an update view as ``-update / (lr * steps)`` (the attacker knows lr and the step count).
 """
 
@@ -24,8 +24,8 @@ from torch import nn
 from torch.func import functional_call
 
 from ..core.params import ParamSpec
-from .models import last_linear
-from .observations import Observation
+from .layers import last_linear
+from .observation import Observation
 
 __all__ = ["count_labels", "idlg_label", "last_layer_gradient", "recover_labels"]
 

@@ -1,14 +1,14 @@
 """Staleness repair by gradient inversion.
 
 Wang & Gao, "Tackling the Unlimited Staleness in Federated Learning with Intertwined Data and Device
-Heterogeneities", arXiv 2309.13536 (AAAI 2025): the method as specified in participation-and-async.md
-§4.1 (the paper's own text was not available offline, so no equation numbers are cited here).
+Heterogeneities", arXiv 2309.13536 (AAAI 2025), Sec. 4 (the paper's text was not available
+offline, so no equation numbers are cited here).
 When client i's update ``d_stale = y_i - x_s``, computed on the old global model ``x_s``, arrives in
 round ``t`` (staleness ``tau = t - s >= 1``), the server
 
 1. **inverts** it: finds a synthetic set ``D_rec = (X [n, *input], soft labels softmax(Y) [n, C])``
    with ``LocalUpdate(x_s, D_rec) ~ d_stale``, where ``LocalUpdate`` replays the client's own local
-   SGD (its step count, learning rate and batch size; ``fedsim.attacks.functional.local_update``,
+   SGD (its step count, learning rate and batch size; ``fedsim.inversion.functional.local_update``,
    unrolled and differentiated with ``create_graph``). Objective: the L1 distance normalised by
    ``||d_stale||_1`` plus ``tv * TV(X)``; Adam on the *sign* of the image gradient with the box of
    valid inputs (the Inverting Gradients optimiser, ``fedsim.attacks.inverting``), plain Adam on
@@ -54,13 +54,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..attacks.functional import local_update
-from ..attacks.inverting import ig_schedule, random_images
-from ..attacks.labels import recover_labels
-from ..attacks.models import last_linear
-from ..attacks.objectives import total_variation
-from ..attacks.observations import Observation
-from ..core.params import ParamSpec
+from .core.params import ParamSpec
+from .inversion.functional import local_update
+from .inversion.labels import recover_labels
+from .inversion.layers import last_linear
+from .inversion.objectives import total_variation
+from .inversion.observation import Observation
+from .inversion.optimise import ig_schedule, random_images
 
 MODES = ("replace", "correct")
 SWITCHES = ("estimated", "never", "round")

@@ -8,7 +8,7 @@
   neighbouring pixels.
 
 Both distances take the support ``mask`` of a sparse observation (Top-k, pruning) and then match
-only the coordinates that were sent -- the adaptive attacker of ``attacks.md`` §6.2 (A6).
+only the coordinates that were sent -- the adaptive attacker.
 """
 
 from __future__ import annotations
