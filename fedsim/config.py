@@ -202,21 +202,29 @@ def apply_override(raw: dict, assignment: str) -> None:
     node[parts[-1]] = parse_value(text.strip())
 
 
-def preset_names() -> list[str]:
-    return sorted(p.name[:-5] for p in resources.files("fedsim.configs").iterdir() if p.name.endswith(".toml"))
+def _presets(folder: str = ""):
+    root = resources.files("fedsim.configs")
+    return root.joinpath(folder) if folder else root
 
 
-def read_raw(source: str) -> dict:
-    """Load a preset by name or a TOML file by path."""
+def preset_names(folder: str = "") -> list[str]:
+    """Packaged presets (``fedsim/configs/<folder>/*.toml``)."""
+    return sorted(p.name[:-5] for p in _presets(folder).iterdir() if p.name.endswith(".toml"))
+
+
+def read_raw(source: str, folder: str = "", kind: str = "preset") -> dict:
+    """Load a packaged preset by name (from ``folder``, e.g. ``attacks``) or a TOML file by path."""
     path = Path(source)
     if path.suffix == ".toml" or path.exists():
         if not path.is_file():
             raise ConfigError(f"config file '{source}' does not exist")
         text = path.read_text()
     else:
-        if source not in preset_names():
-            raise ConfigError(f"'{source}' is neither a TOML file nor a preset (presets: {', '.join(preset_names())})")
-        text = resources.files("fedsim.configs").joinpath(f"{source}.toml").read_text()
+        names = preset_names(folder)
+        if source not in names:
+            raise ConfigError(f"'{source}' is neither a TOML file nor {'an' if kind[0] in 'aeiou' else 'a'} {kind} "
+                              f"(presets: {', '.join(names)})")
+        text = _presets(folder).joinpath(f"{source}.toml").read_text()
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

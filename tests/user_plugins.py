@@ -2,7 +2,6 @@
 plug-in examples follow these)."""
 
 import numpy as np
-import torch
 from torch import nn
 
 from fedsim.strategies import FedAvgStrategy

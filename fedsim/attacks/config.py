@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import tomllib
 from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
 
-from ..config import ConfigError, apply_override, build_dataclass
+from ..config import ConfigError, apply_override, build_dataclass, preset_names, read_raw
 from .defenses import DEFENSES, DefenseConfig
 from .dlg import DLGConfig
 from .inverting import IGConfig, SMEConfig
@@ -130,35 +127,13 @@ class AttackRunConfig:
         return self.model.name or self.attack.family(attack).model
 
 
-def _presets_dir():
-    return resources.files("fedsim.configs").joinpath("attacks")
-
-
 def attack_preset_names() -> list[str]:
-    return sorted(p.name[:-5] for p in _presets_dir().iterdir() if p.name.endswith(".toml"))
-
-
-def _read_raw(source: str) -> dict:
-    path = Path(source)
-    if path.suffix == ".toml" or path.exists():
-        if not path.is_file():
-            raise ConfigError(f"config file '{source}' does not exist")
-        text = path.read_text()
-    else:
-        names = attack_preset_names()
-        if source not in names:
-            raise ConfigError(f"'{source}' is neither a TOML file nor an attack preset "
-                              f"(presets: {', '.join(names)})")
-        text = _presets_dir().joinpath(f"{source}.toml").read_text()
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source}: malformed TOML: {exc}") from None
+    return preset_names("attacks")
 
 
 def load_attack_config(source: str | dict, overrides: list[str] | tuple[str, ...] = ()) -> AttackRunConfig:
     """Load a preset name, TOML path or raw dict, apply ``key.path=value`` overrides, validate."""
-    raw = copy.deepcopy(source) if isinstance(source, dict) else _read_raw(source)
+    raw = copy.deepcopy(source) if isinstance(source, dict) else read_raw(source, "attacks", "attack preset")
     for assignment in overrides:
         apply_override(raw, assignment)
     cfg = build_dataclass(AttackRunConfig, raw, "")

@@ -25,7 +25,7 @@ saved with the strategy state.
 from __future__ import annotations
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
 from ..core import staleness as S
