@@ -16,6 +16,7 @@ All epsilons are for add-or-remove-one neighbouring (one user's contributions ze
 
 from __future__ import annotations
 
+import functools
 import math
 
 # dp_accounting (and the scipy.stats / scipy.signal it loads: ~1-2.5 s) is imported when first used,
@@ -112,6 +113,12 @@ def noise_multiplier_for(target_epsilon: float, delta: float, steps: int = 1, sa
     return hi
 
 
+@functools.lru_cache(maxsize=4096)
+def _independent_epsilon(rounds: int, noise_multiplier: float, delta: float, sampling: float, accountant: str) -> float:
+    """Cached: a run's per-round ledger asks for the same numbers again on resume and in every arm."""
+    return _epsilon(dp_event(noise_multiplier, rounds, sampling), delta, accountant)
+
+
 def epsilon_after(rounds_done: int, noise_multiplier: float, delta: float, *, sampling: float = 1.0,
                   factorization=None, accountant: str = "rdp") -> float:
     """ε spent after ``rounds_done`` rounds (a per-round ledger for training loops; RDP by
@@ -126,7 +133,7 @@ def epsilon_after(rounds_done: int, noise_multiplier: float, delta: float, *, sa
     if rounds_done == 0:
         return 0.0
     if factorization is None:
-        return _epsilon(dp_event(noise_multiplier, rounds_done, sampling), delta, accountant)
+        return _independent_epsilon(rounds_done, float(noise_multiplier), float(delta), float(sampling), accountant)
     if rounds_done > factorization.steps:
         raise ValueError(f"rounds_done={rounds_done} exceeds the factorization's {factorization.steps} steps")
     full = factorization.sensitivity().value

@@ -43,7 +43,9 @@ def _grpc_run(raw, out, nodes=2, **opts):
     {"strategy.name": "afa-cd", "strategy.m": 2, "participation": ANARCHIC},      # asynchronous arrival
     {"strategy.name": "repair", **WINDOWED, "repair.iterations": 3, "repair.samples": 2},                                   # virtual windows, history
     {"strategy.name": "fedbuff", **WINDOWED, "strategy.buffer_size": 3},
-], ids=["fedavg", "fedau", "ef21", "afa-cd", "repair", "fedbuff"])
+    {"strategy.name": "fedau", "privacy.user_level": True, "privacy.noise_multiplier": 0.5,  # server stages
+     "server_optimizer": {"name": "momentum", "momentum": 0.5}},
+], ids=["fedavg", "fedau", "ef21", "afa-cd", "repair", "fedbuff", "fedau-dp-momentum"])
 def test_grpc_matches_in_process(tmp_path, over):
     raw = tiny_config(rounds=5, **over)
     summary = _grpc_run(raw, tmp_path / "grpc")
