@@ -1,24 +1,57 @@
 """Utility under a defense: test accuracy of a model trained by FedAvg with the defense in place.
 
-The privacy side of a row says what an attacker recovers; this says what the defense costs
-(the "utility" column). A small FedAvg run (McMahan et al. 2017, arXiv 1602.05629,
-Alg. 1): each round ``clients`` clients, each owning a fixed IID shard, run the reference trainer
-from the global model; every update passes through the same per-client defense stage the attacks
-saw (EF21 keeps each client's state across rounds); the server adds the mean message (the sum
-under secure aggregation, divided by the group size, is the same vector).
+The privacy side of a row says what an attacker recovers; this says what the defense costs (the
+"utility" column). The run goes through fedsim's own federation machinery: the in-process grid and
+round loop (``fedsim.runtime``), the client handler and its trainer (``fedsim.local``) and the FedAvg
+strategy with uniform weights and server rate 1 (McMahan et al. 2017, arXiv 1602.05629, Alg. 1).
+Each of ``clients`` clients owns a fixed IID shard and trains every round (full participation);
+the defense is a client stage (``DefendedClients``): every update a client sends passes through the
+same per-client stage the attacks saw (EF21 keeps each client's state across rounds). Under secure
+aggregation the server's sum divided by the group size is the same mean.
 """
 
 from __future__ import annotations
 
+import copy
+
 import torch
+from flwr.app import ArrayRecord
 
 from ..core.params import ParamSpec
 from ..data import load_dataset
-from ..local.reference import Job, job_seed, train_cohort
+from ..local.handler import ClientHandler
+from ..participation import build_participation
+from ..runtime import protocol as P
+from ..runtime.inprocess import InProcessGrid
+from ..runtime.loop import run_rounds
+from ..strategies import FedAvgStrategy
 from .defenses import DefenseConfig, apply_defense
 from .models import build_attack_model
 
-__all__ = ["utility_accuracy"]
+__all__ = ["DefendedClients", "utility_accuracy"]
+
+
+class DefendedClients:
+    """A client handler whose every TRAIN answer passes through a defense's per-client stage."""
+
+    def __init__(self, handler, defense: DefenseConfig, spec: ParamSpec, seed: int):
+        self.handler, self.defense, self.spec = handler, defense, spec
+        self.gen = torch.Generator().manual_seed(seed + 1)  # the defenses' noise, drawn client by client
+        self.ef_state: dict[int, torch.Tensor | None] = {}
+
+    def __getattr__(self, name):  # query, num_examples, state_dict, close: the wrapped handler's
+        return getattr(self.handler, name)
+
+    def train(self, messages, contexts):
+        replies = self.handler.train(messages, contexts)
+        for reply in replies:
+            if reply.has_error():
+                continue
+            cid = int(reply.content[P.METRICS]["partition-id"])
+            sent, _, self.ef_state[cid] = apply_defense(P.read_flat(reply.content[P.UPDATE]), self.defense, self.spec,
+                                                        self.gen, self.ef_state.get(cid))
+            reply.content[P.UPDATE] = P.flat_record(sent)
+        return replies
 
 
 def utility_accuracy(dataset: str, data_dir: str | None, model_name: str, defense: DefenseConfig, *,
@@ -30,23 +63,21 @@ def utility_accuracy(dataset: str, data_dir: str | None, model_name: str, defens
     ds = load_dataset(dataset, data_dir)
     model = build_attack_model(model_name, ds.input_shape, ds.num_classes, seed=seed)
     spec = ParamSpec.of(model)
-    params = spec.flatten(model.state_dict())
     gen = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(ds.train), generator=gen)
     samples_per_client = min(samples_per_client, len(ds.train) // clients)
-    shards = [perm[k * samples_per_client:(k + 1) * samples_per_client] for k in range(clients)]
+    shards = [perm[k * samples_per_client:(k + 1) * samples_per_client].numpy() for k in range(clients)]
     steps = local_steps * (defense.local_steps if defense.name == "local-steps" else 1)
-    noise_gen = torch.Generator().manual_seed(seed + 1)
-    ef_state: list[torch.Tensor | None] = [None] * clients
-    for rnd in range(1, rounds + 1):
-        jobs = [Job(k, shards[k], steps, lr, batch_size, job_seed(seed, rnd, k)) for k in range(clients)]
-        deltas, _ = train_cohort(model, spec, params, jobs, ds.train)
-        sent = []
-        for k in range(clients):
-            message, _, ef_state[k] = apply_defense(deltas[k], defense, spec, noise_gen, ef_state[k])
-            sent.append(message)
-        params = params + torch.stack(sent).mean(0)
-    model.load_state_dict(spec.unflatten(params))
+    handler = DefendedClients(ClientHandler(copy.deepcopy(model), ds.train, shards, trainer="sequential"),
+                              defense, spec, seed)
+    participation = build_participation("full", clients, seed=seed, local_steps=steps)
+    strategy = FedAvgStrategy(participation, local_lr=lr, batch_size=batch_size, seed=seed, weighting="uniform")
+    grid = InProcessGrid(handler, clients, seed=seed)
+    try:
+        run_rounds(strategy, grid, ArrayRecord(torch_state_dict=model.state_dict()), first_round=1, last_round=rounds)
+    finally:
+        grid.close()
+    model.load_state_dict(spec.unflatten(strategy.params))
     model.eval()
     n = min(eval_samples, len(ds.test))
     with torch.no_grad():

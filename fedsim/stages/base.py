@@ -77,7 +77,7 @@ class ServerPipeline:
             if drawn is not None:
                 if noise is not None:
                     raise ValueError("two server stages draw noise for the same sum; keep one DP stage")
-                noise = drawn * strategy.weight_bound()
+                noise = drawn * strategy.weight_bound(server_round)
         if noise is None:
             new, state, own = strategy.server_update(server_round, params, cohort, state)
         else:

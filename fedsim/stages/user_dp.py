@@ -6,8 +6,8 @@ to its sum of contributions before its own normalisation (``server_update(..., n
 
 - FedAvg with ``weighting = "fixed"``: ``x + eta_g (sum_i clip(Delta_i) + w_t) / K`` with K the
   expected cohort size (a fixed denominator, so who answered is not revealed by the scale);
-- FedAU: ``x + eta_g (sum_i omega_i clip(Delta_i) + cutoff w_t) / N`` (omega_i <= cutoff bounds a
-  client's weight, so the noise is scaled by the cutoff: ours);
+- FedAU: ``x + eta_g (sum_i omega_i clip(Delta_i) + min(K, t) w_t) / N`` (omega_i is at most the
+  cutoff K and at most the round t, so the noise is scaled by that public bound: ours);
 - EF21: ``g <- g + (sum_i clip(c_i) + w_t) / N``; FedBuff: ``buf <- buf + w_t + sum_i s(tau_i) clip(Delta_i)``
   every round, flushed every K answers (the per-round noisy sums are released; the buffer is
   post-processing; ours, the FedBuff paper adds noise per flush).

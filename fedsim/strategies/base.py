@@ -90,9 +90,9 @@ class FedsimStrategy(Strategy):
         """Validate a restored algorithm state against this run (shapes); returns it."""
         return state
 
-    def weight_bound(self) -> float:
-        """An a-priori bound on the weight of one clipped answer in the strategy's sum (the DP noise
-        is scaled by it so that each round's sum stays a Gaussian mechanism with multiplier z)."""
+    def weight_bound(self, server_round: int) -> float:
+        """A public bound on the weight of one clipped answer in round ``server_round``'s sum (the DP
+        noise is scaled by it so that each round's sum stays a Gaussian mechanism with multiplier z)."""
         return 1.0
 
     def round_wait(self, pushed: int, in_flight: int) -> tuple[int, float | None]:

@@ -31,8 +31,10 @@ class FedAUStrategy(FedsimStrategy):
                                                    cohort.updates, self.cutoff, noise=noise)
         return params + self.server_lr * direction, intervals.as_dict(), metrics
 
-    def weight_bound(self) -> float:
-        return float(self.cutoff)  # omega_n is a mean of intervals of at most K rounds
+    def weight_bound(self, server_round: int) -> float:
+        # omega_n is a mean of recorded intervals, each at most K (the cutoff) and at most the rounds
+        # run so far: a public bound that needs no client's data
+        return float(min(self.cutoff, server_round))
 
     def check_state(self, state: dict) -> dict:
         if state["since"].shape != (self.num_clients,):

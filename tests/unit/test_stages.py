@@ -47,17 +47,18 @@ def test_every_dp_able_registry_strategy_is_covered_here():
     assert able == set(DP_ABLE)
 
 
-def test_dp_fedau_spends_epsilon_and_noise_scales_with_the_cutoff(tmp_path):
+def test_dp_fedau_spends_epsilon_and_noise_scales_with_the_weight_bound(tmp_path):
     raw = tiny_config(**{"strategy.name": "fedau", "strategy.cutoff": 4, "privacy.user_level": True,
                          "privacy.noise_multiplier": 1.0, "privacy.clip_norm": 0.5})
     summary = run_single(load(raw), tmp_path, progress=False)
     assert 0 < summary["epsilon"] < float("inf") and summary["sampling"] == 0.5  # K / N = 4 / 8
-    quiet, _, _ = train(tiny_config(rounds=1, **{"strategy.name": "fedau", "strategy.cutoff": 4, **NO_NOISE}))
-    noisy, _, strategy = train(tiny_config(rounds=1, **{"strategy.name": "fedau", "strategy.cutoff": 4,
-                                                        "privacy.user_level": True, "privacy.noise_multiplier": 1.0,
-                                                        "privacy.clip_norm": 1e9}))
+    over = {"strategy.name": "fedau", "strategy.cutoff": 4, "rounds": 1}
+    quiet, _, _ = train(tiny_config(**over, **NO_NOISE))
+    noisy, _, strategy = train(tiny_config(**over, **{"privacy.user_level": True, "privacy.noise_multiplier": 1.0,
+                                                      "privacy.clip_norm": 1e9}))
+    assert [strategy.weight_bound(t) for t in (1, 3, 9)] == [1.0, 3.0, 4.0]  # min(cutoff, round)
     dp = strategy.pipeline.stages[0]
-    noise = (noisy - quiet).double() * 8 / 4  # (sum + cutoff * w) / N: w = (noisy - quiet) N / cutoff
+    noise = (noisy - quiet).double() * 8 / 1  # round 1: (sum + min(4, 1) w) / N
     assert noise.std().item() == pytest.approx(dp.std, rel=0.1)
 
 
