@@ -50,6 +50,7 @@ class ClientConfig:
     trainer: str = "auto"  # auto | sequential | vectorized (torch.func over the cohort)
     workers: int = 1       # processes training a cohort: 1 = this one, 0 = one per CPU core (CPU only)
     device: str = "cpu"    # cpu | cuda | auto (cuda when there is one)
+    clip_norm: float = 0.0  # > 0: a client stage clips each update to this L2 norm before compression
 
 
 @dataclass(frozen=True)
@@ -315,6 +316,7 @@ def validate(cfg: ExperimentConfig) -> None:
     need(cfg.client.lr > 0, "client.lr", "must be > 0")
     need(cfg.client.batch_size >= 1, "client.batch_size", "must be >= 1")
     need(cfg.client.local_steps >= 1, "client.local_steps", "must be >= 1")
+    need(cfg.client.clip_norm >= 0, "client.clip_norm", f"must be >= 0 (0 = off), got {cfg.client.clip_norm}")
     need(cfg.client.workers >= 0, "client.workers", f"must be >= 0 (0 = one per CPU core), got {cfg.client.workers}")
     need(cfg.client.workers == 1 or cfg.client.device != "cuda", "client.workers",
          "must be 1 with client.device = 'cuda' (worker processes split CPU training)")

@@ -230,7 +230,7 @@ def make_strategy(cfg: ExperimentConfig, data: ClientData) -> FedsimStrategy:
         stages = make_stages(cfg, participation, row)
         return row.cls(participation, local_lr=cfg.client.lr, batch_size=cfg.client.batch_size, seed=cfg.seed,
                        server_lr=cfg.strategy.server_lr, compression=dataclasses.asdict(cfg.compression),
-                       example_dp=_example_dp(cfg), stages=stages, **kwargs)
+                       example_dp=_example_dp(cfg), stages=stages, client_clip=cfg.client.clip_norm, **kwargs)
     except (ValueError, TypeError) as exc:  # e.g. a participation model the privacy plan cannot account for
         raise ConfigError(f"strategy {cfg.strategy.name}: {exc}") from None
 

@@ -8,7 +8,9 @@ gradient, per the message's ``update-kind``). The stage sends
   is u_i uncompressed when ``ef-init = full``, the analogue of g_i^0 = grad f_i(x^0), else g_i^0 = 0);
 - ``ef14``: m_i = C(e_i + u_i), e_i += u_i - m_i (classic error feedback, arXiv 1809.07599).
 
-The per-client vectors g_i / e_i live in a compact ``ClientStateStore``. Randomised compressors draw
+With ``client-clip`` S > 0 the update is first clipped to L2 norm S (``fedsim.core.clipping``), so
+what a client sends is bounded whatever the strategy (the client half of local DP or of robust
+aggregation). The per-client vectors g_i / e_i live in a compact ``ClientStateStore``. Randomised compressors draw
 from a generator seeded by the job's seed, so a client's message does not depend on its cohort.
 """
 
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from flwr.app import ArrayRecord, ConfigRecord
 
+from ..core.clipping import clip_rows
 from ..core.compression import COMPRESSORS, Compressor, make_compressor, to_sparse
 from ..core.error_feedback import ef14_step, ef21_step
 from ..runtime import protocol as P
@@ -32,13 +35,17 @@ class UplinkSpec:
     compressor: Compressor
     feedback: str = "none"
     ef_init: str = "full"
+    clip: float = 0.0  # > 0: clip the update to this L2 norm first
 
     @staticmethod
     def from_config(cfg: ConfigRecord, dim: int) -> UplinkSpec | None:
         """The stage a TRAIN message asks for, or None when it sends the update as is."""
         name = str(cfg.get(P.COMPRESSOR, "identity"))
         feedback = str(cfg.get(P.ERROR_FEEDBACK, "none"))
-        if name == "identity" and feedback == "none":
+        clip = float(cfg.get(P.CLIENT_CLIP, 0.0))
+        if not clip >= 0 or clip == float("inf"):
+            raise ValueError(f"client-clip must be a finite number >= 0, got {clip}")
+        if name == "identity" and feedback == "none" and clip == 0:
             return None
         if name not in COMPRESSORS:
             raise ValueError(f"unknown compressor '{name}', expected one of {COMPRESSORS}")
@@ -50,7 +57,7 @@ class UplinkSpec:
         k = int(cfg.get(P.COMPRESS_K, dim))
         comp = make_compressor(name, dim, k=k if name in ("top-k", "rand-k") else None,
                                unbiased=bool(cfg.get(P.COMPRESS_UNBIASED, False)))
-        return UplinkSpec(comp, feedback, ef_init)
+        return UplinkSpec(comp, feedback, ef_init, clip)
 
 
 class Uplink:
@@ -61,6 +68,8 @@ class Uplink:
 
     def encode(self, spec: UplinkSpec, cid: int, update: torch.Tensor, seed: int) -> ArrayRecord:
         gen = torch.Generator().manual_seed(seed ^ _COMPRESS_STREAM)
+        if spec.clip > 0:
+            update = clip_rows(update[None], spec.clip)[0][0]
 
         def compress(v: torch.Tensor) -> torch.Tensor:
             return spec.compressor(v, gen)

@@ -30,6 +30,7 @@ SIM_LATENCY = "sim-latency"
 VALUES, INDICES = "values", "indices"
 COMPRESSOR, COMPRESS_K, COMPRESS_UNBIASED = "compressor", "compress-k", "compress-unbiased"
 ERROR_FEEDBACK, EF_INIT = "error-feedback", "ef-init"
+CLIENT_CLIP = "client-clip"  # > 0: the client clips its update to this L2 norm before compressing it
 FEEDBACKS = ("none", "ef21", "ef14")
 EF_INITS = ("full", "zero")
 EXAMPLE_DP_NOISE, EXAMPLE_DP_CLIP = "example-dp-noise", "example-dp-clip"

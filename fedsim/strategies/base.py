@@ -55,10 +55,13 @@ class FedsimStrategy(Strategy):
     feedback = "none"     # client-side error feedback the strategy asks for: none | ef21 | ef14
 
     def __init__(self, participation, *, local_lr: float, batch_size: int, seed: int, server_lr: float = 1.0,
-                 compression: dict | None = None, example_dp: dict | None = None, stages=()):
+                 compression: dict | None = None, example_dp: dict | None = None, stages=(), client_clip: float = 0.0):
         if local_lr <= 0 or server_lr <= 0 or batch_size < 1:
             raise ValueError(f"need local_lr > 0, server_lr > 0, batch_size >= 1; got {local_lr}, {server_lr}, {batch_size}")
+        if not client_clip >= 0:
+            raise ValueError(f"client.clip_norm must be >= 0, got {client_clip}")
         self.compression = dict(compression or {"name": "identity"})
+        self.client_clip = float(client_clip)  # a client stage: clients clip their updates before sending
         self.compressor: Compressor | None = None  # built once the model dimension is known
         self.participation = participation
         self.num_clients = participation.num_clients
@@ -116,10 +119,12 @@ class FedsimStrategy(Strategy):
         return self.compressor.bits
 
     def uplink_config(self) -> dict:
+        """The client stages every TRAIN message asks for: clip, then compress (with error feedback)."""
+        clip = {P.CLIENT_CLIP: self.client_clip} if self.client_clip > 0 else {}
         if self.compressor.name == "identity" and self.feedback == "none":
-            return {}
+            return clip
         return {P.COMPRESSOR: self.compressor.name, P.COMPRESS_K: self.compressor.k,
-                P.COMPRESS_UNBIASED: self.compressor.unbiased, P.ERROR_FEEDBACK: self.feedback}
+                P.COMPRESS_UNBIASED: self.compressor.unbiased, P.ERROR_FEEDBACK: self.feedback, **clip}
 
     def summary_fields(self, rounds_done: int) -> dict:
         """What the strategy and its stages add to ``summary.json`` (e.g. epsilon, repair counters)."""

@@ -117,3 +117,27 @@ def test_afa_cd_takes_round_time_windows():
     _, results, strategy = train(tiny_config(rounds=4, **{"strategy.name": "afa-cd", **ASYNC}))
     times = [r.virtual_time for r in results]
     assert times == pytest.approx([0.6, 1.2, 1.8, 2.4])
+
+
+# --- client stages ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("over", [{}, {"strategy.name": "ef21", "compression": {"name": "top-k", "density": 0.3}},
+                                  {"strategy.name": "fedbuff", **ASYNC}])
+def test_client_clip_unbounded_is_no_clip_and_a_bound_holds_for_every_answer(over):
+    from flwr.app import ConfigRecord
+
+    from helpers import federation
+
+    plain, _, _ = train(tiny_config(**over))
+    loose, _, _ = train(tiny_config(**over, **{"client.clip_norm": 1e9}))
+    assert torch.equal(plain, loose)
+    _, strategy, grid, arrays = federation(tiny_config(participation={"name": "full"},
+                                                       **{"client.clip_norm": 0.01, "client.lr": 0.5}))
+    ids = set(grid.push_messages(strategy.configure_train(1, arrays, ConfigRecord({}), grid)))
+    cohort, rejected = strategy.decoder.decode(1, list(grid.pull_until(ids, len(ids))))
+    norms = cohort.updates.norm(dim=1)
+    assert rejected == 0 and len(norms) == 8 and (norms <= 0.01 * (1 + 1e-5)).all() and (norms > 0.009).all()
+
+
+def test_client_clip_must_be_non_negative():
+    with pytest.raises(ConfigError, match="config key 'client.clip_norm' must be >= 0"):
+        load(tiny_config(**{"client.clip_norm": -1.0}))
