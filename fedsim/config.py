@@ -92,7 +92,7 @@ class RepairConfig:
 
 @dataclass(frozen=True)
 class CompressionConfig:
-    name: str = "identity"  # identity | top-k | rand-k | natural
+    name: str = "identity"  # identity | top-k | rand-k | natural | prune (Top-k within each tensor)
     k: int = 0              # top-k / rand-k: coordinates sent (or give density)
     density: float = 0.0    # top-k / rand-k: fraction of coordinates sent
     unbiased: bool = False  # rand-k scaled by D/k, natural without the 8/9 contraction
@@ -350,6 +350,8 @@ def _validate_staleness(cfg: ExperimentConfig, need) -> None:
 def _validate_compression(c: CompressionConfig, need) -> None:
     sparse = c.name in ("top-k", "rand-k")
     need(c.k >= 0 and 0 <= c.density <= 1, "compression", "needs k >= 0 and density in [0, 1]")
+    if c.name == "prune":
+        need(c.density > 0 and c.k == 0, "compression", "prune needs density > 0 (the fraction kept per tensor), not k")
     if sparse:
         need((c.k > 0) != (c.density > 0), "compression", f"{c.name} needs exactly one of k > 0 and density > 0")
     elif c.name in ("identity", "natural"):

@@ -11,7 +11,8 @@ Each stage is a pure function of the flat update ``[D]`` (plus explicit state an
 * ``ef21`` -- the EF21 message ``C(target - g_i)`` (Richtarik et al., arXiv 2106.05203, Alg. 1)
   with Top-k; with the initial state g_i = 0 the first message equals Top-k of the update.
 * ``prune`` -- DLG's gradient pruning (Zhu et al. 2019, Sec. 5): per parameter tensor, zero the
-  ``prune_ratio`` fraction of smallest magnitudes.
+  ``prune_ratio`` fraction of smallest magnitudes (the ``prune`` compressor, also a client stage
+  of any run: ``compression.name = "prune"``).
 * ``secagg`` -- no per-client stage; the server sees only the sum over ``clients`` clients
   (applied by :func:`fedsim.attacks.observations.observe`; any defense may set ``clients`` > 1).
 * ``local-steps`` -- no stage; the client runs ``local_steps`` SGD steps before sending.
@@ -101,16 +102,9 @@ def top_k(u: torch.Tensor, density: float) -> torch.Tensor:
 
 
 def prune_layers(u: torch.Tensor, spec: ParamSpec, ratio: float) -> torch.Tensor:
-    """Zero the ``ratio`` fraction of smallest |u| within each parameter tensor."""
-    out, pos = torch.zeros_like(u), 0
-    for size in spec.sizes:
-        part = u[pos:pos + size]
-        keep = size - int(math.floor(ratio * size))
-        if keep > 0:
-            idx = torch.sort(part.abs(), descending=True, stable=True).indices[:keep]
-            out[pos + idx] = part[idx]
-        pos += size
-    return out
+    """Zero the ``ratio`` fraction of smallest |u| within each parameter tensor: the ``prune``
+    compressor (``fedsim.core.compression``) keeping ``1 - ratio`` of each tensor."""
+    return make_compressor("prune", u.numel(), density=1.0 - ratio, sizes=spec.sizes)(u)
 
 
 def dp_epsilon(noise_multiplier: float, delta: float) -> float:

@@ -16,6 +16,9 @@ rand-k, unbiased   omega = D/k - 1              32 k + 64 (values scaled by D/k)
 natural            alpha = 8/9                  9 D: sign + 8-bit exponent (Horvath et al.,
                                                 arXiv 1905.10988); the contractive form (8/9) C_nat
 natural, unbiased  omega = 1/8                  9 D
+prune              alpha = min_l k_l / D_l      k (32 + ceil(log2 D)), k = sum_l k_l: Top-k within each
+                                                parameter tensor l, k_l = ceil(density D_l) (DLG's
+                                                gradient pruning, Zhu et al., arXiv 1906.08935, Sec. 5)
 =================  ===========================  =====================================================
 
 Ties in Top-k are broken deterministically (larger magnitude first, then lower index), so every
@@ -33,7 +36,8 @@ import torch
 VALUE_BITS = 32
 SEED_BITS = 64
 NATURAL_BITS = 9
-COMPRESSORS = ("identity", "top-k", "rand-k", "natural")
+COMPRESSORS = ("identity", "top-k", "rand-k", "natural", "prune")
+SPARSE = ("top-k", "rand-k", "prune")
 
 
 def index_bits(dim: int) -> int:
@@ -48,12 +52,15 @@ class Compressor:
     dim: int
     k: int            # coordinates sent (dim for dense compressors)
     unbiased: bool = False
+    keep: tuple[tuple[int, int], ...] = ()  # prune: (tensor size, coordinates kept) per parameter tensor
 
     @property
     def alpha(self) -> float | None:
         """Contraction parameter, or None for the unbiased (non-contractive) variants."""
         if self.unbiased and self.name in ("rand-k", "natural"):
             return None
+        if self.name == "prune":
+            return min(kept / size for size, kept in self.keep)
         return {"identity": 1.0, "top-k": self.k / self.dim, "rand-k": self.k / self.dim,
                 "natural": 8.0 / 9.0}[self.name]
 
@@ -73,13 +80,13 @@ class Compressor:
 
     @property
     def sparse(self) -> bool:
-        return self.name in ("top-k", "rand-k") and self.k < self.dim
+        return self.name in SPARSE and self.k < self.dim
 
     @property
     def bits(self) -> int:
-        if self.name == "identity" or (self.name in ("top-k", "rand-k") and self.k == self.dim):
+        if self.name == "identity" or (self.name in SPARSE and self.k == self.dim):
             return VALUE_BITS * self.dim
-        if self.name == "top-k":
+        if self.name in ("top-k", "prune"):
             return self.k * (VALUE_BITS + index_bits(self.dim))
         if self.name == "rand-k":
             return VALUE_BITS * self.k + SEED_BITS
@@ -92,6 +99,12 @@ class Compressor:
             return v.clone()
         if self.name == "top-k":
             return _keep(v, top_k_indices(v, self.k))
+        if self.name == "prune":
+            idx, start = [], 0
+            for size, kept in self.keep:
+                idx.append(start + top_k_indices(v[start:start + size], kept))
+                start += size
+            return _keep(v, torch.cat(idx))
         if self.name == "rand-k":
             idx = torch.randperm(self.dim, generator=_need(gen, self.name))[: self.k].to(v.device)
             out = _keep(v, idx)
@@ -101,14 +114,22 @@ class Compressor:
 
 
 def make_compressor(name: str, dim: int, *, k: int | None = None, density: float | None = None,
-                    unbiased: bool = False) -> Compressor:
-    """Build a compressor; sparse ones take ``k`` or ``density`` (k = max(1, round(density * dim)))."""
+                    unbiased: bool = False, sizes: tuple[int, ...] | None = None) -> Compressor:
+    """Build a compressor; top-k / rand-k take ``k`` or ``density`` (k = max(1, round(density * dim)));
+    prune takes ``density`` and the parameter tensors' ``sizes`` (k_l = max(1, ceil(density * D_l)))."""
     if name not in COMPRESSORS:
         raise ValueError(f"unknown compressor '{name}', expected one of {COMPRESSORS}")
     if dim < 1:
         raise ValueError(f"dim must be >= 1, got {dim}")
     if unbiased and name not in ("rand-k", "natural"):
         raise ValueError(f"'{name}' has no unbiased variant (only rand-k and natural do)")
+    if name == "prune":
+        if density is None or k is not None or not 0 < density <= 1:
+            raise ValueError(f"prune needs a density in (0, 1] (and no k), got density={density}, k={k}")
+        if not sizes or sum(sizes) != dim or min(sizes) < 1:
+            raise ValueError(f"prune needs the parameter tensors' sizes summing to {dim}, got {sizes}")
+        keep = tuple((int(s), max(1, math.ceil(density * s))) for s in sizes)
+        return Compressor(name, dim, sum(kept for _, kept in keep), False, keep)
     if name in ("top-k", "rand-k"):
         if (k is None) == (density is None):
             raise ValueError(f"{name} needs exactly one of k and density")

@@ -166,7 +166,7 @@ class ClientHandler:
         kind = str(cfg.get("update-kind", P.UPDATE_DELTA))
         if kind not in P.UPDATE_KINDS:
             raise ValueError(f"unknown update-kind '{kind}', expected one of {P.UPDATE_KINDS}")
-        UplinkSpec.from_config(cfg, self.spec.dim)  # a bad compression config is answered before training
+        UplinkSpec.from_config(cfg, self.spec.dim, self.spec.sizes)  # a bad compression config is answered before training
         dp = _example_dp_key(cfg)
         if dp is not None:
             ExampleDP(*dp)  # validates
@@ -178,7 +178,7 @@ class ClientHandler:
         update = delta
         if cfg.get("update-kind", P.UPDATE_DELTA) == P.UPDATE_MEAN_GRADIENT:
             update = afa.mean_gradient(delta, torch.tensor(job.local_steps), job.lr)
-        uplink = UplinkSpec.from_config(cfg, self.spec.dim)
+        uplink = UplinkSpec.from_config(cfg, self.spec.dim, self.spec.sizes)
         record = P.flat_record(update) if uplink is None else self.uplink.encode(uplink, job.client, update, job.seed)
         metrics = {"num-examples": self._size(job.client), "partition-id": job.client,
                    "local-steps": job.local_steps, "server-round": int(cfg["server-round"]),

@@ -38,7 +38,7 @@ class UplinkSpec:
     clip: float = 0.0  # > 0: clip the update to this L2 norm first
 
     @staticmethod
-    def from_config(cfg: ConfigRecord, dim: int) -> UplinkSpec | None:
+    def from_config(cfg: ConfigRecord, dim: int, sizes: tuple[int, ...] = ()) -> UplinkSpec | None:
         """The stage a TRAIN message asks for, or None when it sends the update as is."""
         name = str(cfg.get(P.COMPRESSOR, "identity"))
         feedback = str(cfg.get(P.ERROR_FEEDBACK, "none"))
@@ -55,8 +55,13 @@ class UplinkSpec:
         if ef_init not in P.EF_INITS:
             raise ValueError(f"unknown ef-init '{ef_init}', expected one of {P.EF_INITS}")
         k = int(cfg.get(P.COMPRESS_K, dim))
-        comp = make_compressor(name, dim, k=k if name in ("top-k", "rand-k") else None,
-                               unbiased=bool(cfg.get(P.COMPRESS_UNBIASED, False)))
+        if name == "prune":  # the client knows its tensors; the server's k must agree with them
+            comp = make_compressor(name, dim, density=float(cfg.get(P.COMPRESS_DENSITY, 0.0)), sizes=sizes)
+            if comp.k != k:
+                raise ValueError(f"prune keeps {comp.k} coordinates of this model, the server expects {k}")
+        else:
+            comp = make_compressor(name, dim, k=k if name in ("top-k", "rand-k") else None,
+                                   unbiased=bool(cfg.get(P.COMPRESS_UNBIASED, False)))
         return UplinkSpec(comp, feedback, ef_init, clip)
 
 

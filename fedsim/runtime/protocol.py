@@ -29,6 +29,7 @@ UPDATE_KINDS = (UPDATE_DELTA, UPDATE_MEAN_GRADIENT)
 SIM_LATENCY = "sim-latency"
 VALUES, INDICES = "values", "indices"
 COMPRESSOR, COMPRESS_K, COMPRESS_UNBIASED = "compressor", "compress-k", "compress-unbiased"
+COMPRESS_DENSITY = "compress-density"  # prune: the fraction kept in each parameter tensor
 ERROR_FEEDBACK, EF_INIT = "error-feedback", "ef-init"
 CLIENT_CLIP = "client-clip"  # > 0: the client clips its update to this L2 norm before compressing it
 FEEDBACKS = ("none", "ef21", "ef14")

@@ -123,8 +123,9 @@ class FedsimStrategy(Strategy):
         clip = {P.CLIENT_CLIP: self.client_clip} if self.client_clip > 0 else {}
         if self.compressor.name == "identity" and self.feedback == "none":
             return clip
+        density = {P.COMPRESS_DENSITY: float(self.compression["density"])} if self.compressor.name == "prune" else {}
         return {P.COMPRESSOR: self.compressor.name, P.COMPRESS_K: self.compressor.k,
-                P.COMPRESS_UNBIASED: self.compressor.unbiased, P.ERROR_FEEDBACK: self.feedback, **clip}
+                P.COMPRESS_UNBIASED: self.compressor.unbiased, P.ERROR_FEEDBACK: self.feedback, **density, **clip}
 
     def summary_fields(self, rounds_done: int) -> dict:
         """What the strategy and its stages add to ``summary.json`` (e.g. epsilon, repair counters)."""
@@ -222,7 +223,8 @@ class FedsimStrategy(Strategy):
             self.spec = ParamSpec.of(state)
             c = self.compression
             self.compressor = make_compressor(c["name"], self.spec.dim, k=c.get("k") or None,
-                                              density=c.get("density") or None, unbiased=bool(c.get("unbiased")))
+                                              density=c.get("density") or None, unbiased=bool(c.get("unbiased")),
+                                              sizes=self.spec.sizes)
             self.state = self.init_state(self.spec.dim)
             self.pipeline.init(self.spec.dim)
             self.decoder = ReplyDecoder(self.spec, self.compressor, self.directory, self.dense_expected,

@@ -45,7 +45,8 @@ def _grpc_run(raw, out, nodes=2, **opts):
     {"strategy.name": "fedbuff", **WINDOWED, "strategy.buffer_size": 3},
     {"strategy.name": "fedau", "privacy.user_level": True, "privacy.noise_multiplier": 0.5,  # server stages
      "server_optimizer": {"name": "momentum", "momentum": 0.5}},
-], ids=["fedavg", "fedau", "ef21", "afa-cd", "repair", "fedbuff", "fedau-dp-momentum"])
+    {"compression": {"name": "prune", "density": 0.2}, "client.clip_norm": 0.5},  # client stages
+], ids=["fedavg", "fedau", "ef21", "afa-cd", "repair", "fedbuff", "fedau-dp-momentum", "clip-prune"])
 def test_grpc_matches_in_process(tmp_path, over):
     raw = tiny_config(rounds=5, **over)
     summary = _grpc_run(raw, tmp_path / "grpc")

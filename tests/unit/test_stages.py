@@ -141,3 +141,36 @@ def test_client_clip_unbounded_is_no_clip_and_a_bound_holds_for_every_answer(ove
 def test_client_clip_must_be_non_negative():
     with pytest.raises(ConfigError, match="config key 'client.clip_norm' must be >= 0"):
         load(tiny_config(**{"client.clip_norm": -1.0}))
+
+
+def test_prune_keeps_the_largest_magnitudes_of_each_tensor():
+    import math
+
+    from fedsim.core.compression import make_compressor
+
+    sizes, density = (10, 25, 7), 0.1
+    v = torch.randn(sum(sizes), generator=torch.Generator().manual_seed(0))
+    comp = make_compressor("prune", sum(sizes), density=density, sizes=sizes)
+    out, start = comp(v), 0
+    for size in sizes:
+        part, kept = v[start:start + size], out[start:start + size]
+        keep = math.ceil(density * size)  # = size - floor((1 - density) size): DLG's rule
+        assert int((kept != 0).sum()) == keep
+        assert set(torch.nonzero(kept).flatten().tolist()) == set(part.abs().argsort(descending=True)[:keep].tolist())
+        start += size
+    assert comp.k == 1 + 3 + 1 and comp.sparse and comp.alpha == pytest.approx(1 / 10)
+    with pytest.raises(ValueError, match="prune needs the parameter tensors' sizes"):
+        make_compressor("prune", 42, density=0.1, sizes=(10, 10))
+
+
+@pytest.mark.parametrize("name", ["fedavg", "ef21", "fedbuff"])
+def test_prune_is_a_client_stage_of_any_strategy(name):
+    over = {"strategy.name": name, "compression": {"name": "prune", "density": 0.2},
+            **(ASYNC if name == "fedbuff" else {}),
+            **({"strategy.ef_init": "zero"} if name == "ef21" else {})}  # no uncompressed first message
+    params, results, strategy = train(tiny_config(**over))
+    assert torch.isfinite(params).all() and strategy.compressor.name == "prune"
+    sent = [r.metrics["comm/bits_up"] for r in results if r.participants]
+    assert sent and all(b % strategy.compressor.bits == 0 for b in sent)  # every answer: k values + indices
+    with pytest.raises(ConfigError, match="prune needs density > 0"):
+        load(tiny_config(compression={"name": "prune", "k": 3}))
