@@ -108,6 +108,7 @@ class PrivacyConfig:
     noise_multiplier: float = 1.0  # noise std / (clip_norm x sensitivity); ignored when epsilon > 0
     epsilon: float = 0.0           # > 0: the smallest noise multiplier reaching this epsilon
     delta: float = 1e-5
+    accountant: str = "pld"        # pld | rdp: calibrates the noise for epsilon and reports epsilon
     bands: int = 0                 # banded: number of bands (0 = the epoch length)
     factorization: str = ""        # a saved factorization (.npz from `fedsim privacy plan --save`)
     # example-level DP (any strategy): DP-SGD on each client through Opacus

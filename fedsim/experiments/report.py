@@ -59,7 +59,7 @@ def comparison_table(summaries: dict[str, dict]) -> str:
     private = any("epsilon" in s for s in summaries.values())
     stale = any("final_accuracy_stale_classes" in s for s in summaries.values())
     if private:
-        head += " ε (RDP / PLD) at δ |"
+        head += " ε at δ (accountant; mechanism; sampling; add/remove one client) |"
     if stale:
         head += " slow clients' classes: final / mean of last 5 |"
     lines = [head, "|" + "---|" * (10 + private + stale)]
@@ -68,8 +68,8 @@ def comparison_table(summaries: dict[str, dict]) -> str:
                 f"{s['best_accuracy']:.4f} | {s['final_loss']:.4f} | {s['virtual_time']:.1f} | "
                 f"{s['bytes_up'] / 1e6:.2f} | {s['bytes_down'] / 1e6:.2f} | {s['wall_seconds']:.1f} |")
         if private:
-            line += (f" {s['epsilon']:.3g} / {s['epsilon_pld']:.3g} at {s['delta']:g} ({s['mechanism']}) |"
-                     if "epsilon" in s else " not private |")
+            line += (f" {s['epsilon']:.3g} at {s['delta']:g} ({s['accountant']}; {s['mechanism']}; "
+                     f"{s['sampling_scheme']}) |" if "epsilon" in s else " not private |")
         if stale:
             line += (f" {s['final_accuracy_stale_classes']:.4f} / {s['tail_accuracy_stale_classes']:.4f} |"
                      if "final_accuracy_stale_classes" in s else " — |")

@@ -28,7 +28,7 @@ from ..local.handler import ClientHandler
 from ..local.vectorized import TRAINERS
 from ..models import MODELS, build_model, seeded
 from ..participation import PARTICIPATION, build_participation
-from ..privacy import MECHANISMS
+from ..privacy import ACCOUNTANTS, MECHANISMS
 from ..runtime.protocol import EF_INITS
 from ..stages import SERVER_OPTIMIZERS, UserLevelDP
 from ..repair import MODES, SWITCHES
@@ -100,6 +100,7 @@ def check(cfg: ExperimentConfig) -> None:
     one_of("participation.name", cfg.participation["name"], PARTICIPATION)
     one_of("compression.name", cfg.compression.name, COMPRESSORS)
     one_of("privacy.mechanism", cfg.privacy.mechanism, MECHANISMS)
+    one_of("privacy.accountant", cfg.privacy.accountant, ACCOUNTANTS)
     one_of("strategy.weighting", cfg.strategy.weighting, WEIGHTINGS)
     one_of("strategy.ef_init", cfg.strategy.ef_init, EF_INITS)
     one_of("strategy.staleness_fn", cfg.strategy.staleness_fn, STALENESS_FUNCTIONS)

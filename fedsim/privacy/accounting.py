@@ -23,6 +23,7 @@ import math
 # so runs without DP do not pay for it at start-up.
 
 ACCOUNTANTS = ("rdp", "pld")
+NEIGHBOURING = "add/remove one client"  # the relation every epsilon here is for
 
 
 def dp_event(noise_multiplier: float, steps: int = 1, sampling: float = 1.0,

@@ -14,7 +14,7 @@ import json
 import math
 import time
 
-from .accounting import ACCOUNTANTS, epsilon, noise_multiplier_for
+from .accounting import ACCOUNTANTS, NEIGHBOURING, epsilon, noise_multiplier_for
 from .factorization import Factorization
 from .mechanisms import MECHANISMS, plan_factorization
 from .patterns import KINDS, ParticipationSchema
@@ -151,6 +151,7 @@ def _plan(args) -> int:
         sigma = noise_multiplier_for(args.epsilon, args.delta, correlated=True, accountant=args.accountant)
         row = float(f.noise_row_norms().max())
         out.update({"epsilon": args.epsilon, "delta": args.delta, "accountant": args.accountant,
+                    "neighbouring": NEIGHBOURING, "sampling_scheme": f"{f.schema.kind} participation schema",
                     "noise_multiplier": sigma, **epsilon(sigma, args.delta, correlated=True),
                     "z_std_per_clip": sigma * m.sensitivity,
                     "max_round_noise_std_per_clip": sigma * m.sensitivity * row})
@@ -192,8 +193,11 @@ def _epsilon(args) -> int:
     if args.correlated and (args.steps != 1 or args.sampling != 1.0):
         parser.error("argument --correlated: the matrix-factorization release is one Gaussian mechanism; "
                      "--steps and --sampling do not apply")
+    scheme = ("one correlated release" if args.correlated else
+              "no sampling" if args.sampling == 1.0 else f"poisson (q={args.sampling:g})")
     out = {"noise_multiplier": args.noise_multiplier, "delta": args.delta, "steps": args.steps,
-           "sampling": args.sampling, "correlated": args.correlated,
+           "sampling": args.sampling, "correlated": args.correlated, "neighbouring": NEIGHBOURING,
+           "sampling_scheme": scheme,
            **epsilon(args.noise_multiplier, args.delta, args.steps, args.sampling, correlated=args.correlated)}
     if args.json:
         print(json.dumps(out))

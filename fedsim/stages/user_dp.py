@@ -17,18 +17,23 @@ a factorization of the prefix-sum workload (DP-MF: Choquette-Choo et al., ICML 2
 2211.06530, §2; BandMF arXiv 2306.08153; BLT arXiv 2404.16706; tree aggregation arXiv 2103.00039),
 streamed by ``fedsim.privacy.NoiseStream`` with std ``z S sens(C)``.
 
-Accounting (the sampling that actually happens):
+Accounting (the sampling that actually happens), every epsilon for the neighbouring relation
+"add or remove one client" (its whole contribution; for DP-MF equivalently zeroing it out):
 - ``fixed-epoch`` participation: the run follows a participation schema (every client exactly
   b = N/K rounds apart); the whole release is one Gaussian mechanism with multiplier z and the
   stage refuses to send work that would break the schema (``ParticipationViolation``);
-- ``uniform`` or constant-``p`` ``bernoulli`` participation with i.i.d. noise and a synchronous
-  strategy: n Poisson-subsampled Gaussian steps with q = K / N (uniform sampling without
-  replacement is accounted as Poisson at the same rate, the usual approximation);
+- ``bernoulli`` participation with one constant p, i.i.d. noise and a synchronous strategy: n
+  Poisson-subsampled Gaussian steps with q = p (each client joins each round independently);
+- ``full`` participation: n Gaussian steps, no amplification (q = 1);
+- ``uniform`` participation (a fixed-size cohort drawn without replacement) is refused: its
+  amplification holds for the replace-one relation, under which a clipped contribution moves the
+  sum by up to 2S, and is not accounted here; use ``bernoulli`` or ``fixed-epoch``;
 - an asynchronous strategy (FedBuff): a client answers at most once per round, so each round's
   sum has sensitivity S, but whether it is in a round's sum depends on earlier rounds and on
   latencies: no amplification is claimed (q = 1, n Gaussian steps), i.i.d. noise only.
-``privacy.epsilon > 0`` picks the smallest z reaching that epsilon (RDP, so the reported epsilon
-never exceeds the target); ``dp/epsilon`` in each round's metrics is the epsilon spent so far.
+``privacy.accountant`` (``pld``, the default, or ``rdp``; ``dp_accounting``) calibrates
+``privacy.epsilon > 0`` to the smallest z reaching it (as ``fedsim privacy plan --epsilon`` does)
+and reports ``dp/epsilon``, the epsilon spent so far, every round.
 
 Note for EF21: the server clips c_i but client i keeps g_i + c_i unclipped, so once clipping is
 active the server's g is no longer the mean of the clients' g_i (exact again with S large).
@@ -42,8 +47,9 @@ import math
 import numpy as np
 
 from ..core.clipping import clip_rows
-from ..participation import FixedEpochParticipation, UniformParticipation
+from ..participation import FixedEpochParticipation, FullParticipation, UniformParticipation
 from ..participation.models import BernoulliParticipation
+from ..privacy.accounting import NEIGHBOURING
 from ..privacy import (Factorization, NoiseStream, ParticipationSchema, ParticipationViolation, epsilon_after,
                        noise_multiplier_for, noise_std, plan_factorization)
 from .base import ServerStage
@@ -57,6 +63,7 @@ class UserLevelDP(ServerStage):
 
     def __init__(self, participation, *, privacy: dict, rounds: int, seed: int, asynchronous: bool = False):
         self.rounds, self.seed, self.asynchronous = int(rounds), int(seed), asynchronous
+        self.accountant = privacy.get("accountant", "pld")
         self.clip_norm = float(privacy["clip_norm"])
         self.delta = float(privacy["delta"])
         self.mechanism = privacy.get("mechanism", "identity")
@@ -72,28 +79,39 @@ class UserLevelDP(ServerStage):
 
     # --- planning ----------------------------------------------------------------------------------
     def _pattern(self, participation) -> tuple[float, ParticipationSchema | None]:
+        """``(Poisson sampling rate q, participation schema or None)``; sets ``sampling_scheme``."""
         n = self.rounds
         if self.asynchronous:
             if self.mechanism != "identity":
                 raise ValueError(f"privacy.mechanism '{self.mechanism}' plans for a participation schema by "
                                  "round, which answers arriving rounds late do not follow; an asynchronous "
                                  "strategy takes privacy.mechanism = 'identity'")
-            return 1.0, None  # no amplification claimed (see the module docstring)
+            self.sampling_scheme = "asynchronous arrivals, no amplification claimed"
+            return 1.0, None
         if isinstance(participation, FixedEpochParticipation):
             b = participation.epoch_rounds
             k = math.ceil(n / b)
             if k == 1:  # a run shorter than one epoch: everyone participates at most once
+                self.sampling_scheme = "single participation"
                 return 1.0, ParticipationSchema.single(n)
             kind = "fixed-epoch" if n == k * b else "min-separation"
+            self.sampling_scheme = f"{kind} (k={k}, b={b})"
             return 1.0, ParticipationSchema(kind, n, k, b)
         if self.mechanism == "identity":
             rate = participation.expected_rate()
-            poisson_like = isinstance(participation, UniformParticipation) or (
-                isinstance(participation, BernoulliParticipation) and np.allclose(rate, rate[0]))
-            if poisson_like:
+            if isinstance(participation, FullParticipation):
+                self.sampling_scheme = "every client every round, no amplification"
+                return 1.0, None
+            if isinstance(participation, BernoulliParticipation) and np.allclose(rate, rate[0]):
+                self.sampling_scheme = f"poisson (q={float(rate[0]):g})"
                 return float(rate[0]), None
+            if isinstance(participation, UniformParticipation):
+                raise ValueError("user-level DP with participation 'uniform' (a fixed-size cohort drawn without "
+                                 "replacement) is not accounted: its amplification needs the replace-one relation, "
+                                 "under which one client moves the clipped sum by up to 2 clip_norm; use participation "
+                                 "'bernoulli' with a constant p (Poisson sampling) or 'fixed-epoch'")
         raise ValueError(f"user-level DP with privacy.mechanism '{self.mechanism}' needs participation "
-                         "'fixed-epoch'" + (" (or 'uniform' / constant-p 'bernoulli')" if self.mechanism == "identity"
+                         "'fixed-epoch'" + (", 'full' or constant-p 'bernoulli'" if self.mechanism == "identity"
                                             else "") + f", got '{participation.name}'")
 
     def _factorization(self, privacy: dict) -> Factorization:
@@ -116,8 +134,8 @@ class UserLevelDP(ServerStage):
             return float(privacy["noise_multiplier"])
         if self.factorization is None:
             return noise_multiplier_for(target, self.delta, steps=self.rounds, sampling=self.sampling,
-                                        accountant="rdp")
-        return noise_multiplier_for(target, self.delta, correlated=True, accountant="rdp")
+                                        accountant=self.accountant)
+        return noise_multiplier_for(target, self.delta, correlated=True, accountant=self.accountant)
 
     # --- rounds --------------------------------------------------------------------------------------
     def init(self, dim: int) -> None:
@@ -140,23 +158,34 @@ class UserLevelDP(ServerStage):
             raise ValueError(f"the privacy plan covers {self.rounds} rounds, round {server_round} was asked for")
         clipped, norms = clip_rows(cohort.updates, self.clip_norm)
         noise = self.stream.next()  # advance even for an empty cohort: round t's noise belongs to round t
-        spent = epsilon_after(server_round, self.noise_multiplier, self.delta, sampling=self.sampling,
-                              factorization=self.factorization) if self.noise_multiplier > 0 else math.inf
+        spent = self._epsilon(server_round, self.accountant)
         metrics.update({"dp/epsilon": spent, "dp/delta": self.delta, "dp/noise_multiplier": self.noise_multiplier,
                         "dp/noise_std": self.std, "dp/clipped_fraction": float((norms > self.clip_norm).double().mean())
                         if norms.numel() else 0.0})
         return cohort.replace(updates=clipped), noise
 
+    def _epsilon(self, rounds_done: int, accountant: str) -> float:
+        if self.noise_multiplier <= 0:
+            return math.inf
+        return epsilon_after(rounds_done, self.noise_multiplier, self.delta, sampling=self.sampling,
+                             factorization=self.factorization, accountant=accountant)
+
+    def accounting(self) -> dict:
+        """What every epsilon is valid for."""
+        return {"accountant": self.accountant, "neighbouring": NEIGHBOURING,
+                "sampling_scheme": self.sampling_scheme}
+
     def row_fields(self, metrics: dict) -> dict:
-        return {"epsilon": metrics["dp/epsilon"], "delta": metrics["dp/delta"], "mechanism": self.mechanism}
+        return {"epsilon": metrics["dp/epsilon"], "delta": metrics["dp/delta"], "mechanism": self.mechanism,
+                **self.accounting()}
 
     def summary(self, rounds_done: int) -> dict:
-        """Privacy of the first ``rounds_done`` rounds (epsilon by RDP, as in the metrics, and by PLD)."""
-        eps = {a: epsilon_after(rounds_done, self.noise_multiplier, self.delta, sampling=self.sampling,
-                                factorization=self.factorization, accountant=a) if self.noise_multiplier > 0
-               else math.inf for a in ("rdp", "pld")}
-        return {"epsilon": eps["rdp"], "epsilon_pld": eps["pld"], "delta": self.delta, "mechanism": self.mechanism,
-                "noise_multiplier": self.noise_multiplier, "clip_norm": self.clip_norm, "noise_std": self.std,
+        """Privacy of the first ``rounds_done`` rounds: ``epsilon`` by the run's accountant (as in the
+        metrics), and by both accountants for comparison."""
+        both = {f"epsilon_{a}": self._epsilon(rounds_done, a) for a in ("rdp", "pld")}
+        return {"epsilon": both[f"epsilon_{self.accountant}"], **both, "delta": self.delta,
+                "mechanism": self.mechanism, **self.accounting(), "noise_multiplier": self.noise_multiplier,
+                "clip_norm": self.clip_norm, "noise_std": self.std,
                 "schema": None if self.schema is None else self.schema.to_dict(), "sampling": self.sampling}
 
     # --- state ---------------------------------------------------------------------------------------

@@ -18,11 +18,12 @@ from conftest import tiny_config
 from helpers import federation, train
 
 EPOCHS = {"name": "fixed-epoch", "clients_per_round": 4}  # 8 clients: b = 2 rounds per epoch
+POISSON = {"name": "bernoulli", "p": 0.5}  # every client joins each round independently
 
 
 def test_noise_multiplier_zero_and_a_huge_clip_is_fedavg_exactly():
-    plain, _, _ = train(tiny_config(**{"strategy.weighting": "fixed"}))
-    dp, _, _ = train(tiny_config(**{"strategy.name": "dp-fedavg", "privacy.noise_multiplier": 0.0,
+    plain, _, _ = train(tiny_config(participation=POISSON, **{"strategy.weighting": "fixed"}))
+    dp, _, _ = train(tiny_config(participation=POISSON, **{"strategy.name": "dp-fedavg", "privacy.noise_multiplier": 0.0,
                                     "privacy.clip_norm": 1e9}))
     assert torch.equal(dp, plain)
 

@@ -16,11 +16,12 @@ from conftest import tiny_config
 from helpers import train
 
 NO_NOISE = {"privacy.user_level": True, "privacy.noise_multiplier": 0.0, "privacy.clip_norm": 1e9}
+POISSON = {"participation": {"name": "bernoulli", "p": 0.5}}  # the sampling user-level DP is amplified by
 ASYNC = {"participation": {"name": "uniform", "clients_per_round": 3, "speed_spread": 1.0},
          "strategy.round_time": 0.6}
 # every strategy the DP stage can wrap, with what it needs to run
-DP_ABLE = {"fedavg": {"strategy.weighting": "fixed"}, "ef14": {"strategy.weighting": "fixed"},
-           "fedau": {}, "ef21": {"compression": {"name": "top-k", "density": 0.3}},
+DP_ABLE = {"fedavg": {"strategy.weighting": "fixed", **POISSON}, "ef14": {"strategy.weighting": "fixed", **POISSON},
+           "fedau": POISSON, "ef21": {"compression": {"name": "top-k", "density": 0.3}, **POISSON},
            "fedbuff": {**ASYNC, "strategy.buffer_size": 2}}
 
 
@@ -35,7 +36,7 @@ def test_noise_zero_and_unbounded_clip_equal_the_non_private_run(name, tmp_path)
     dp = run_single(load({**raw, "privacy": {"user_level": True, "noise_multiplier": 0.0, "clip_norm": 1e9}}),
                     tmp_path / "dp", progress=False)
     a, b = _rows(tmp_path / "plain"), _rows(tmp_path / "dp")
-    extra = {"epsilon", "delta", "mechanism"}
+    extra = {"epsilon", "delta", "mechanism", "accountant", "neighbouring", "sampling_scheme"}
     assert [{k: v for k, v in r.items() if not k.startswith("dp/") and k not in extra} for r in b] == a
     assert plain["final_accuracy"] == dp["final_accuracy"] and dp["epsilon"] == float("inf")
 
@@ -49,10 +50,10 @@ def test_every_dp_able_registry_strategy_is_covered_here():
 
 def test_dp_fedau_spends_epsilon_and_noise_scales_with_the_weight_bound(tmp_path):
     raw = tiny_config(**{"strategy.name": "fedau", "strategy.cutoff": 4, "privacy.user_level": True,
-                         "privacy.noise_multiplier": 1.0, "privacy.clip_norm": 0.5})
+                         "privacy.noise_multiplier": 1.0, "privacy.clip_norm": 0.5, **POISSON})
     summary = run_single(load(raw), tmp_path, progress=False)
-    assert 0 < summary["epsilon"] < float("inf") and summary["sampling"] == 0.5  # K / N = 4 / 8
-    over = {"strategy.name": "fedau", "strategy.cutoff": 4, "rounds": 1}
+    assert 0 < summary["epsilon"] < float("inf") and summary["sampling"] == 0.5  # Poisson, p = 0.5
+    over = {"strategy.name": "fedau", "strategy.cutoff": 4, "rounds": 1, **POISSON}
     quiet, _, _ = train(tiny_config(**over, **NO_NOISE))
     noisy, _, strategy = train(tiny_config(**over, **{"privacy.user_level": True, "privacy.noise_multiplier": 1.0,
                                                       "privacy.clip_norm": 1e9}))
@@ -83,8 +84,8 @@ def test_dp_fedavg_needs_a_fixed_denominator():
 
 
 def test_dp_fedavg_alias_is_fedavg_fixed_with_the_stage():
-    a, _, _ = train(tiny_config(**{"strategy.name": "dp-fedavg", "privacy.noise_multiplier": 0.3}))
-    b, _, _ = train(tiny_config(**{"strategy.weighting": "fixed", "privacy.user_level": True,
+    a, _, _ = train(tiny_config(**{"strategy.name": "dp-fedavg", "privacy.noise_multiplier": 0.3, **POISSON}))
+    b, _, _ = train(tiny_config(**{"strategy.weighting": "fixed", "privacy.user_level": True, **POISSON,
                                    "privacy.noise_multiplier": 0.3}))
     assert torch.equal(a, b)
 
