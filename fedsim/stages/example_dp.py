@@ -14,6 +14,10 @@ from ..local.example_dp import example_epsilon
 from ..runtime import protocol as P
 
 
+APPROXIMATION = ("shuffled fixed-size minibatches accounted as Poisson sampling at q = batch / n_i "
+                 "(an approximation that can under-report epsilon)")
+
+
 class ExampleDPLedger:
     def __init__(self, num_clients: int, *, noise_multiplier: float, clip_norm: float, delta: float, batch_size: int):
         self.noise_multiplier, self.clip_norm, self.delta = float(noise_multiplier), float(clip_norm), float(delta)
@@ -34,6 +38,11 @@ class ExampleDPLedger:
             most_steps[n] = max(most_steps.get(n, 0), int(self.steps[c]))
         return max((example_epsilon(self.noise_multiplier, self.batch_size / n, steps, self.delta)
                     for n, steps in most_steps.items()), default=0.0)
+
+    def fields(self, epsilon: float) -> dict:
+        """What every output carrying the example-level epsilon names with it."""
+        return {"example_epsilon": epsilon, "example_accountant": "rdp (opacus)",
+                "example_sampling_scheme": APPROXIMATION}
 
     def state_dict(self) -> dict:
         return {"steps": self.steps.clone()}

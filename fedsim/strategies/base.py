@@ -129,11 +129,18 @@ class FedsimStrategy(Strategy):
 
     def summary_fields(self, rounds_done: int) -> dict:
         """What the strategy and its stages add to ``summary.json`` (e.g. epsilon, repair counters)."""
-        return self.pipeline.summary(rounds_done)
+        out = self.pipeline.summary(rounds_done)
+        if self.example_dp:
+            out.update(self.example_dp.fields(self.example_dp.epsilon(self.directory.num_examples)))
+        return out
 
     def row_fields(self, metrics: dict) -> dict:
         """What the stages add to a ``metrics.jsonl`` row (e.g. epsilon, delta, mechanism)."""
-        return self.pipeline.row_fields(metrics)
+        out = self.pipeline.row_fields(metrics)
+        if self.example_dp and "dp/example_epsilon" in metrics:
+            out.update({k: v for k, v in self.example_dp.fields(metrics["dp/example_epsilon"]).items()
+                        if k != "example_epsilon"})
+        return out
 
     # --- Flower Strategy API ---------------------------------------------------------------------
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

@@ -44,3 +44,18 @@ def test_opacus_module_prefix_is_reconciled():
     assert all(k.startswith("_module.") for k in wrapped.state_dict())
     assert ParamSpec.of(wrapped) == spec
     assert torch.equal(spec.flatten(wrapped.state_dict()), spec.flatten(model.state_dict()))
+
+
+def test_every_output_names_the_minibatch_approximation(tmp_path):
+    import json
+
+    from fedsim.experiments.run import run_single
+    from fedsim.experiments.setup import load
+
+    raw = tiny_config(rounds=2, eval_every=2, **{"privacy.example_dp": True})
+    summary = run_single(load(raw), tmp_path, progress=False)
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    for out in (summary, *rows):
+        assert "accounted as Poisson" in out["example_sampling_scheme"] and "approximation" in out["example_sampling_scheme"]
+        assert out["example_accountant"] == "rdp (opacus)"
+    assert summary["example_epsilon"] == rows[-1]["dp/example_epsilon"] > 0
