@@ -11,7 +11,12 @@ Two kinds of release:
   and no amplification by sampling (b-cyclic Poisson BandMF amplification, arXiv 2306.08153
   Thm 4, is not implemented).
 
-All epsilons are for add-or-remove-one neighbouring (one user's contributions zeroed).
+Epsilons are for add-or-remove-one neighbouring (one user's contributions zeroed), except for
+**fixed-size cohorts drawn without replacement** (K of N each round; Wang, Balle, Kasiviswanathan,
+arXiv 1808.00087, Thm 27, in ``dp_accounting``'s RDP accountant), which are accounted for
+replace-one neighbouring (N is public). Under replace-one, one user's clipped contribution moves the
+sum by up to 2S, so the Gaussian's multiplier relative to that sensitivity is z/2 (ours: the
+conservative reading; it never under-reports). PLD does not support this event: RDP is used.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ import math
 # so runs without DP do not pay for it at start-up.
 
 ACCOUNTANTS = ("rdp", "pld")
-NEIGHBOURING = "add/remove one client"  # the relation every epsilon here is for
+NEIGHBOURING = "add/remove one client"  # the relation of every epsilon here but without-replacement cohorts
+REPLACE_ONE = "replace one client"       # fixed-size cohorts drawn without replacement
 
 
 def dp_event(noise_multiplier: float, steps: int = 1, sampling: float = 1.0,
@@ -49,14 +55,31 @@ def dp_event(noise_multiplier: float, steps: int = 1, sampling: float = 1.0,
     return dp_accounting.SelfComposedDpEvent(step, int(steps))
 
 
+def wor_event(noise_multiplier: float, steps: int, population: int, cohort: int) -> dp_accounting.DpEvent:
+    """``steps`` rounds, each a Gaussian on a cohort of ``cohort`` of ``population`` drawn without
+    replacement, for replace-one neighbouring (sensitivity 2S: multiplier z/2; module docstring)."""
+    if not noise_multiplier > 0:
+        raise ValueError(f"noise multiplier must be > 0, got {noise_multiplier}")
+    if not 1 <= cohort <= population:
+        raise ValueError(f"need 1 <= cohort <= population, got {cohort} of {population}")
+    import dp_accounting
+
+    step = dp_accounting.SampledWithoutReplacementDpEvent(
+        int(population), int(cohort), dp_accounting.GaussianDpEvent(noise_multiplier / 2.0))
+    return dp_accounting.SelfComposedDpEvent(step, int(steps))
+
+
 def _epsilon(event: dp_accounting.DpEvent, delta: float, accountant: str,
              pld_interval: float = 1e-4) -> float:
     """ε of an event; PLD uses pessimistic discretisation (an upper bound at any interval)."""
     if not 0 < delta < 1:
         raise ValueError(f"delta must be in (0, 1), got {delta}")
+    import dp_accounting
     from dp_accounting import pld, rdp
 
-    if accountant == "rdp":
+    if accountant == "rdp-replace-one":
+        acc = rdp.RdpAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
+    elif accountant == "rdp":
         acc = rdp.RdpAccountant()
     elif accountant == "pld":
         acc = pld.PLDAccountant(value_discretization_interval=pld_interval)
@@ -89,12 +112,16 @@ def noise_multiplier_for(target_epsilon: float, delta: float, steps: int = 1, sa
     always achieves the target. PLD runs with a 1e-3 loss discretisation here (10x faster than
     the 1e-4 of :func:`epsilon`, still a pessimistic upper bound; ε differs by ~1e-6).
     """
-    if not target_epsilon > 0:
-        raise ValueError(f"epsilon must be > 0, got {target_epsilon}")
-
     def eps(sigma: float) -> float:
         return _epsilon(dp_event(sigma, steps, sampling, correlated), delta, accountant, 1e-3)
 
+    return _bisect(eps, target_epsilon, rtol)
+
+
+def _bisect(eps, target_epsilon: float, rtol: float) -> float:
+    """Bisection on σ for a decreasing ``eps(σ)``; returns the bracket's upper end."""
+    if not target_epsilon > 0:
+        raise ValueError(f"epsilon must be > 0, got {target_epsilon}")
     hi = 1.0
     while eps(hi) > target_epsilon:
         hi *= 2.0
@@ -112,6 +139,20 @@ def noise_multiplier_for(target_epsilon: float, delta: float, steps: int = 1, sa
         else:
             lo = mid
     return hi
+
+
+@functools.lru_cache(maxsize=4096)
+def wor_epsilon(rounds: int, noise_multiplier: float, delta: float, population: int, cohort: int) -> float:
+    """ε after ``rounds`` without-replacement rounds (RDP, replace-one; cached like the ledger)."""
+    if rounds == 0:
+        return 0.0
+    return _epsilon(wor_event(noise_multiplier, rounds, population, cohort), delta, "rdp-replace-one")
+
+
+def wor_noise_multiplier_for(target_epsilon: float, delta: float, steps: int, population: int, cohort: int,
+                             rtol: float = 1e-4) -> float:
+    """The smallest σ reaching ``target_epsilon`` for without-replacement cohorts (RDP, replace-one)."""
+    return _bisect(lambda s: wor_epsilon(steps, s, delta, population, cohort), target_epsilon, rtol)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -25,9 +25,10 @@ Accounting (the sampling that actually happens), every epsilon for the neighbour
 - ``bernoulli`` participation with one constant p, i.i.d. noise and a synchronous strategy: n
   Poisson-subsampled Gaussian steps with q = p (each client joins each round independently);
 - ``full`` participation: n Gaussian steps, no amplification (q = 1);
-- ``uniform`` participation (a fixed-size cohort drawn without replacement) is refused: its
-  amplification holds for the replace-one relation, under which a clipped contribution moves the
-  sum by up to 2S, and is not accounted here; use ``bernoulli`` or ``fixed-epoch``;
+- ``uniform`` participation (K of N drawn without replacement, i.i.d. noise, synchronous strategy):
+  n without-replacement subsampled Gaussian steps for the *replace-one* relation (N is public),
+  where one client moves the clipped sum by up to 2S (``fedsim.privacy.accounting.wor_event``);
+  RDP only (PLD does not support the event), and outputs say so;
 - an asynchronous strategy (FedBuff): a client answers at most once per round, so each round's
   sum has sensitivity S, but whether it is in a round's sum depends on earlier rounds and on
   latencies: no amplification is claimed (q = 1, n Gaussian steps), i.i.d. noise only.
@@ -49,7 +50,7 @@ import numpy as np
 from ..core.clipping import clip_rows
 from ..participation import FixedEpochParticipation, FullParticipation, UniformParticipation
 from ..participation.models import BernoulliParticipation
-from ..privacy.accounting import NEIGHBOURING
+from ..privacy.accounting import NEIGHBOURING, REPLACE_ONE, wor_epsilon, wor_noise_multiplier_for
 from ..privacy import (Factorization, NoiseStream, ParticipationSchema, ParticipationViolation, epsilon_after,
                        noise_multiplier_for, noise_std, plan_factorization)
 from .base import ServerStage
@@ -64,6 +65,8 @@ class UserLevelDP(ServerStage):
     def __init__(self, participation, *, privacy: dict, rounds: int, seed: int, asynchronous: bool = False):
         self.rounds, self.seed, self.asynchronous = int(rounds), int(seed), asynchronous
         self.accountant = privacy.get("accountant", "pld")
+        self.neighbouring = NEIGHBOURING
+        self.wor: tuple[int, int] | None = None  # (N, K) of fixed-size cohorts drawn without replacement
         self.clip_norm = float(privacy["clip_norm"])
         self.delta = float(privacy["delta"])
         self.mechanism = privacy.get("mechanism", "identity")
@@ -106,10 +109,14 @@ class UserLevelDP(ServerStage):
                 self.sampling_scheme = f"poisson (q={float(rate[0]):g})"
                 return float(rate[0]), None
             if isinstance(participation, UniformParticipation):
-                raise ValueError("user-level DP with participation 'uniform' (a fixed-size cohort drawn without "
-                                 "replacement) is not accounted: its amplification needs the replace-one relation, "
-                                 "under which one client moves the clipped sum by up to 2 clip_norm; use participation "
-                                 "'bernoulli' with a constant p (Poisson sampling) or 'fixed-epoch'")
+                n_all, k = participation.num_clients, participation.clients_per_round
+                self.wor, self.neighbouring = (n_all, k), REPLACE_ONE
+                self.sampling_scheme = f"without replacement ({k} of {n_all})"
+                if self.accountant != "rdp":
+                    log.warning("privacy.accountant = '%s' cannot account sampling without replacement; "
+                                "RDP is used (and reported) instead", self.accountant)
+                    self.accountant = "rdp"
+                return k / n_all, None
         raise ValueError(f"user-level DP with privacy.mechanism '{self.mechanism}' needs participation "
                          "'fixed-epoch'" + (", 'full' or constant-p 'bernoulli'" if self.mechanism == "identity"
                                             else "") + f", got '{participation.name}'")
@@ -132,6 +139,8 @@ class UserLevelDP(ServerStage):
         target = float(privacy.get("epsilon") or 0.0)
         if target <= 0:
             return float(privacy["noise_multiplier"])
+        if self.wor is not None:
+            return wor_noise_multiplier_for(target, self.delta, self.rounds, *self.wor)
         if self.factorization is None:
             return noise_multiplier_for(target, self.delta, steps=self.rounds, sampling=self.sampling,
                                         accountant=self.accountant)
@@ -167,12 +176,15 @@ class UserLevelDP(ServerStage):
     def _epsilon(self, rounds_done: int, accountant: str) -> float:
         if self.noise_multiplier <= 0:
             return math.inf
+        if self.wor is not None:
+            return wor_epsilon(rounds_done, self.noise_multiplier, self.delta, *self.wor) if accountant == "rdp" \
+                else None  # PLD does not support sampling without replacement
         return epsilon_after(rounds_done, self.noise_multiplier, self.delta, sampling=self.sampling,
                              factorization=self.factorization, accountant=accountant)
 
     def accounting(self) -> dict:
         """What every epsilon is valid for."""
-        return {"accountant": self.accountant, "neighbouring": NEIGHBOURING,
+        return {"accountant": self.accountant, "neighbouring": self.neighbouring,
                 "sampling_scheme": self.sampling_scheme}
 
     def row_fields(self, metrics: dict) -> dict:
