@@ -84,9 +84,10 @@ def test_dp_fedavg_needs_a_fixed_denominator():
 
 
 def test_dp_fedavg_alias_is_fedavg_fixed_with_the_stage():
-    a, _, _ = train(tiny_config(**{"strategy.name": "dp-fedavg", "privacy.noise_multiplier": 0.3, **POISSON}))
-    b, _, _ = train(tiny_config(**{"strategy.weighting": "fixed", "privacy.user_level": True, **POISSON,
-                                   "privacy.noise_multiplier": 0.3}))
+    a, _, _ = train(tiny_config(rounds=3, **{"strategy.name": "dp-fedavg", "privacy.noise_multiplier": 1.0,
+                                             **POISSON}))
+    b, _, _ = train(tiny_config(rounds=3, **{"strategy.weighting": "fixed", "privacy.user_level": True, **POISSON,
+                                             "privacy.noise_multiplier": 1.0}))
     assert torch.equal(a, b)
 
 
