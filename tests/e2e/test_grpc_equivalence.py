@@ -44,7 +44,7 @@ def _grpc_run(raw, out, nodes=2, **opts):
     {"strategy.name": "repair", **WINDOWED, "repair.iterations": 3, "repair.samples": 2},                                   # virtual windows, history
     {"strategy.name": "fedbuff", **WINDOWED, "strategy.buffer_size": 3},
     {"strategy.name": "fedau", "privacy.user_level": True, "privacy.noise_multiplier": 0.5,  # server stages
-     "participation": {"name": "bernoulli", "p": 0.5},
+     "participation": {"name": "bernoulli", "p": 0.5}, "privacy.accountant": "rdp",
      "server_optimizer": {"name": "momentum", "momentum": 0.5}},
     {"compression": {"name": "prune", "density": 0.2}, "client.clip_norm": 0.5},  # client stages
 ], ids=["fedavg", "fedau", "ef21", "afa-cd", "repair", "fedbuff", "fedau-dp-momentum", "clip-prune"])

@@ -35,7 +35,8 @@ ANARCHIC = {"name": "anarchic", "p": 0.7, "max_steps": 5, "speed_spread": 1.0}
     ("fedasync", SLOW, {}, WINDOW),                                # model history restored
     ("repair", SLOW, {}, {**WINDOW, "repair.iterations": 3, "repair.samples": 2}),  # history, switch state
     ("fedau", UNIFORM, {}, {"server_optimizer": {"name": "momentum", "momentum": 0.9}}),  # server velocity
-    ("fedbuff", SLOW, {}, {**WINDOW, "privacy.user_level": True, "privacy.noise_multiplier": 0.5}),  # DP x async
+    ("fedbuff", SLOW, {}, {**WINDOW, "privacy.user_level": True, "privacy.noise_multiplier": 0.5,
+                            "privacy.accountant": "rdp"}),  # DP x async
 ])
 def test_resume_continues_identically(tmp_path, tiny, name, participation, compression, extra):
     raw = tiny(**{"strategy.name": name, "participation": participation,
