@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..core.clipping import clip_rows
+from ..core.clipping import clip_vector
 from ..core.compression import make_compressor
 from ..core.error_feedback import ef21_step
 from ..core.params import ParamSpec
@@ -88,7 +88,7 @@ class DefenseConfig:
 def clip_update(u: torch.Tensor, clip: float) -> torch.Tensor:
     """``u * min(1, clip / ||u||)``: the user-level DP stage's clip (``fedsim.core.clipping``) on one
     vector; differentiable, so adaptive attackers use it too."""
-    return clip_rows(u[None], clip)[0][0]
+    return clip_vector(u, clip)
 
 
 def gaussian_noise(u: torch.Tensor, std: float, gen: torch.Generator) -> torch.Tensor:

@@ -9,6 +9,11 @@ from __future__ import annotations
 import torch
 
 
+def clip_vector(update: torch.Tensor, clip_norm: float) -> torch.Tensor:
+    """One vector ``[D]`` clipped as :func:`clip_rows` clips a row (differentiable)."""
+    return clip_rows(update[None], clip_norm)[0][0]
+
+
 def clip_rows(updates: torch.Tensor, clip_norm: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``updates`` [K, D] -> (rows scaled by min(1, S / ||row||) [K, D], the original norms [K])."""
     if clip_norm <= 0:

@@ -64,9 +64,9 @@ def strategy_row(cfg: ExperimentConfig) -> StrategyRow:
     return STRATEGIES[name]
 
 
-def effective(cfg: ExperimentConfig) -> ExperimentConfig:
+def effective(cfg: ExperimentConfig, row: StrategyRow) -> ExperimentConfig:
     """``cfg`` with what its strategy row implies (``dp-fedavg`` turns on ``privacy.user_level``)."""
-    implied = strategy_row(cfg).implies
+    implied = row.implies
     if not implied:
         return cfg
     sections: dict[str, dict] = {}
@@ -109,7 +109,7 @@ def check(cfg: ExperimentConfig) -> None:
     _check_server_optimizer(cfg.server_optimizer)
     row = strategy_row(cfg)
     _check_keys_read(cfg, row)
-    _check_user_level_dp(effective(cfg), row)
+    _check_user_level_dp(effective(cfg, row), row)
 
 
 def _check_server_optimizer(opt: dict) -> None:
@@ -221,7 +221,8 @@ def make_participation(cfg: ExperimentConfig, data: ClientData):
 def make_strategy(cfg: ExperimentConfig, data: ClientData) -> FedsimStrategy:
     """The strategy of ``cfg`` from its registry row, with its server stages."""
     check(cfg)
-    row, cfg = strategy_row(cfg), effective(cfg)
+    row = strategy_row(cfg)
+    cfg = effective(cfg, row)
     participation = make_participation(cfg, data)
     kwargs = {kw: _value(cfg, key) for kw, key in row.reads.items()}
     kwargs.update(row.fixed)

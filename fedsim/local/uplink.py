@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from flwr.app import ArrayRecord, ConfigRecord
 
-from ..core.clipping import clip_rows
+from ..core.clipping import clip_vector
 from ..core.compression import COMPRESSORS, Compressor, make_compressor, to_sparse
 from ..core.error_feedback import ef14_step, ef21_step
 from ..runtime import protocol as P
@@ -74,7 +74,7 @@ class Uplink:
     def encode(self, spec: UplinkSpec, cid: int, update: torch.Tensor, seed: int) -> ArrayRecord:
         gen = torch.Generator().manual_seed(seed ^ _COMPRESS_STREAM)
         if spec.clip > 0:
-            update = clip_rows(update[None], spec.clip)[0][0]
+            update = clip_vector(update, spec.clip)
 
         def compress(v: torch.Tensor) -> torch.Tensor:
             return spec.compressor(v, gen)

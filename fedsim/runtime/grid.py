@@ -102,6 +102,21 @@ class ArrivalQueue:
         self.now = max(self.now, horizon)
         return due
 
+    def settle(self, wanted: Iterable[str], need: int) -> list[str]:
+        """A wait that timed out before the due answers were in: the answers that are in and due by
+        the ``need``-th due time, then later ones up to ``need``; the clock moves past them, and the
+        missing ones are marked overdue (they no longer hold up later waits, and count if they come)."""
+        wanted = list(wanted)
+        got = sorted((m for m in wanted if m in self.replies), key=self.order)
+        if got:
+            alive = sorted((m for m in wanted if m in self.due), key=self.order)
+            horizon = max(self.now, self.due[alive[min(max(need, 1), len(alive)) - 1]][0])
+            on_time = [m for m in got if self.due[m][0] <= horizon]
+            got = on_time + [m for m in got if m not in on_time][:max(0, need - len(on_time))]
+            self.now = max([horizon] + [self.due[m][0] for m in got])
+        self.overdue.update(m for m in wanted if m in self.due and m not in self.replies)
+        return got
+
     def take(self, mids: Iterable[str]) -> list[Message]:
         out = []
         for mid in mids:

@@ -165,16 +165,11 @@ class GrpcGrid(RunGrid, FedsimGrid):
 
     def _late(self, wanted: list[str], need: int) -> list[str]:
         q = self.arrivals
-        got = sorted((m for m in wanted if m in q.replies), key=self._order)
-        if self.arrival == "virtual" and got:
-            alive = sorted((m for m in wanted if m in q.due), key=q.order)
-            horizon = max(q.now, q.due[alive[min(max(need, 1), len(alive)) - 1]][0])
-            on_time = [m for m in got if q.due[m][0] <= horizon]
-            got = on_time + [m for m in got if m not in on_time][:max(0, need - len(on_time))]
-            q.now = max([horizon] + [q.due[m][0] for m in got])
-        for mid in wanted:  # answers still missing stop holding up later rounds (accepted if they come)
-            if mid in self._requests and mid not in q.replies:
-                q.overdue.add(mid)
+        if self.arrival == "virtual":
+            got = q.settle(wanted, need)
+        else:
+            got = sorted((m for m in wanted if m in q.replies), key=self._order)
+            q.overdue.update(m for m in wanted if m in q.due and m not in q.replies)
         log.warning("waited %.1f s: %d of %d answers needed are in; going on without the rest",
                     self.round_timeout, len(got), need)
         self.stats["timeouts"] += 1

@@ -78,10 +78,7 @@ class ServerPipeline:
                 if noise is not None:
                     raise ValueError("two server stages draw noise for the same sum; keep one DP stage")
                 noise = drawn * strategy.weight_bound(server_round)
-        if noise is None:
-            new, state, own = strategy.server_update(server_round, params, cohort, state)
-        else:
-            new, state, own = strategy.server_update(server_round, params, cohort, state, noise=noise)
+        new, state, own = strategy.server_update(server_round, params, cohort, state, noise=noise)
         metrics.update(own)
         for s in self.stages:
             new = s.after(server_round, params, new, metrics)

@@ -27,9 +27,7 @@ class AFACDStrategy(FedsimStrategy):
 
     def __init__(self, participation, *, m: int = 10, round_time: float = 0.0, **kw):
         super().__init__(participation, **kw)
-        if m < 1 or round_time < 0:
-            raise ValueError(f"need strategy.m >= 1 and strategy.round_time >= 0, got {m}, {round_time}")
-        self.m, self.round_time = m, float(round_time)
+        self.set_round_wait(m, round_time)
 
     def server_update(self, server_round: int, params: torch.Tensor, cohort: Cohort, state: dict, noise=None):
         grad = afa.cd_aggregate(cohort.updates)

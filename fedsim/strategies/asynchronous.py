@@ -40,9 +40,7 @@ class AsyncStrategy(FedsimStrategy):
     def __init__(self, participation, *, m: int = 10, round_time: float = 0.0, history: int = 64,
                  staleness_fn: str = "polynomial", staleness_a: float = 0.5, staleness_b: float = 4.0, **kw):
         super().__init__(participation, **kw)
-        if m < 1 or round_time < 0:
-            raise ValueError(f"need strategy.m >= 1 and strategy.round_time >= 0, got {m}, {round_time}")
-        self.m, self.round_time = m, float(round_time)
+        self.set_round_wait(m, round_time)
         self.staleness_fn = (staleness_fn, float(staleness_a), float(staleness_b))
         self.weight(torch.zeros(1))  # validates the staleness function now, not at the first stale answer
         self.versions = ModelVersions(history)

@@ -110,6 +110,12 @@ class FedsimStrategy(Strategy):
             return in_flight + 1, self.round_time
         return min(self.m, in_flight), None
 
+    def set_round_wait(self, m: int, round_time: float) -> None:
+        """Asynchronous strategies: wait for ``m`` answers, or (``round_time > 0``) for a fixed window."""
+        if m < 1 or round_time < 0:
+            raise ValueError(f"need strategy.m >= 1 and strategy.round_time >= 0, got {m}, {round_time}")
+        self.m, self.round_time = m, float(round_time)
+
     def dense_expected(self, cid: int) -> bool:
         """Whether client ``cid``'s next answer is a dense vector (else values + indices)."""
         return not self.compressor.sparse
