@@ -56,7 +56,8 @@ class Factorization:
 
     ``structure``: ``{"kind": "dense"}``, ``{"kind": "banded", "bands": b}``,
     ``{"kind": "toeplitz", "coefs": [...]}``, ``{"kind": "blt", "theta": [...], "omega": [...]}``,
-    or ``{"kind": "tree"}``; :class:`fedsim.privacy.noise.NoiseStream` streams accordingly.
+    or ``{"kind": "tree", "epoch": b, "estimator": "streaming" | "honaker"}`` (files from before
+    restarts hold ``{"kind": "tree"}``: one tree, streaming); :class:`fedsim.privacy.noise.NoiseStream` streams accordingly.
     ``solver`` holds the optimiser's convergence info (empty for closed forms).
     """
 
@@ -90,7 +91,8 @@ class Factorization:
         """W [n, m]: the gradient-space noise is W·Z (C⁻¹ for square C)."""
         if self.structure["kind"] == "tree":
             from .tree import tree_noise_map
-            return tree_noise_map(self.steps)
+            return tree_noise_map(self.steps, self.structure.get("epoch"),
+                                  str(self.structure.get("estimator", "streaming")))
         from scipy.linalg import solve_triangular  # scipy loads on first use (start-up time)
 
         return solve_triangular(self.C, np.eye(self.steps), lower=True)

@@ -3,11 +3,16 @@
 | name | C | paper |
 |---|---|---|
 | identity | I (DP-SGD / DP-FedAvg, no correlation) | Abadi et al., arXiv 1607.00133, Alg. 1 |
-| tree | binary-tree node matrix (DP-FTRL) | Kairouz et al., arXiv 2103.00039, Alg. 1 |
+| tree | binary-tree node matrix, restarted every epoch (DP-FTRL) | Kairouz et al., arXiv 2103.00039, Alg. 1, §4 |
+| tree-honaker | the same tree with Honaker's online estimator | Honaker 2015; arXiv 2103.00039, App. D |
 | sqrt-toeplitz | Toeplitz square root of tri(n) | Fichtenberger et al., arXiv 2202.11205, §3 |
 | optimal | dense optimum of the (multi-epoch) orthogonal formulation | Choquette-Choo et al., arXiv 2211.06530, Eq. 4 |
 | banded | the same with X restricted to 2·bands−1 diagonals (BandMF) | Choquette-Choo et al., arXiv 2306.08153, Eq. 6 |
 | blt | buffered linear Toeplitz | Dvijotham et al., arXiv 2404.16706, §5; McMahan et al., arXiv 2408.08868 |
+
+The tree restarts every b steps when clients take part more than once (fixed-epoch (k, b) or
+b-min-separation: at most one participation per tree, so the k trees' sensitivities add up), the
+setting Kairouz et al. ran; a single tree over n steps otherwise.
 
 Under b-min-separation with k > 1, ``optimal`` needs X_ij = 0 for |i − j| ≥ b (the only
 orthogonal formulation), which is BandMF with b bands: the two coincide by construction.
@@ -25,7 +30,7 @@ from .toeplitz import sqrt_coefs, toeplitz_matrix
 from .tree import tree_matrix
 from .workloads import prefix_sum
 
-MECHANISMS = ("identity", "tree", "sqrt-toeplitz", "optimal", "banded", "blt")
+MECHANISMS = ("identity", "tree", "tree-honaker", "sqrt-toeplitz", "optimal", "banded", "blt")
 
 
 def bandwidth(C: np.ndarray) -> int:
@@ -66,8 +71,11 @@ def plan_factorization(mechanism: str, schema: ParticipationSchema, *, A: np.nda
     solver = {"threads": threads, **({"max_iter": max_iter} if max_iter else {})}
     if mechanism == "identity":
         return Factorization(mechanism, np.eye(n), A, schema, {"kind": "banded", "bands": 1})
-    if mechanism == "tree":
-        return Factorization(mechanism, tree_matrix(n), A, schema, {"kind": "tree"})
+    if mechanism in ("tree", "tree-honaker"):
+        epoch = schema.separation if schema.participations > 1 else n
+        structure = {"kind": "tree", "epoch": int(epoch),
+                     "estimator": "honaker" if mechanism == "tree-honaker" else "streaming"}
+        return Factorization(mechanism, tree_matrix(n, epoch), A, schema, structure)
     if mechanism == "sqrt-toeplitz":
         c = sqrt_coefs(n)
         return Factorization(mechanism, toeplitz_matrix(c), A, schema, {"kind": "toeplitz", "coefs": c})

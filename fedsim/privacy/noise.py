@@ -10,7 +10,7 @@ structure:
 |---|---|---|
 | banded (b bands; identity b = 1) | forward substitution over the last b−1 w's (BandMF, arXiv 2306.08153, Alg. 9) | (b−1)·D |
 | blt (m buffers) | ``w_t = z_t − Σ_j ω_j S_j``, then ``S_j ← θ_j S_j + w_t`` (arXiv 2404.16706, §5) | m·D |
-| tree | prefix noise t minus prefix noise t−1 over the dyadic nodes (arXiv 2103.00039, Alg. 1) | (log2 n + 1)·D |
+| tree | the non-zero entries of row t of the epoch's noise map (prefix noise t minus t−1; a node's z is regenerated from its key, amortised O(log b) nodes a round for both estimators) | D |
 | dense / toeplitz (fallback) | forward substitution over all past w's | t·D ≤ n·D |
 
 Internal state is float64 (the anti-correlated noise cancels in prefix sums; keep it exact);
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .factorization import Factorization
-from .tree import prefix_nodes
+from .tree import epoch_noise_maps
 
 
 def noise_std(noise_multiplier: float, clip_norm: float, sensitivity: float) -> float:
@@ -67,7 +67,12 @@ class NoiseStream:
         elif self.kind == "blt":
             self._theta = torch.as_tensor(factorization.structure["theta"], dtype=torch.float64)
             self._omega = torch.as_tensor(factorization.structure["omega"], dtype=torch.float64)
-        elif self.kind not in ("dense", "toeplitz", "tree"):
+        elif self.kind == "tree":
+            self._epoch = int(factorization.structure.get("epoch", self.n))
+            maps = epoch_noise_maps(self.n, self._epoch, str(factorization.structure.get("estimator", "streaming")))
+            self._tree_maps = [maps[0], maps[-1]]  # every full epoch has the same block; the last may be shorter
+            self._tree_nodes = maps[0].shape[1]
+        elif self.kind not in ("dense", "toeplitz"):
             raise ValueError(f"unknown factor structure {self.kind!r}")
         self.reset()
 
@@ -78,7 +83,6 @@ class NoiseStream:
         if self.kind in ("dense", "toeplitz"):
             m = self.n  # all past w's (allocated once)
         self._buf = torch.zeros(m, self.dim, dtype=torch.float64)  # banded: last b−1 w's, newest first
-        self._nodes: dict[int, torch.Tensor] = {}  # tree: node noise of the current prefix
 
     def z(self, row: int) -> torch.Tensor:
         """Row ``row`` of this stream's Z (float64, unscaled)."""
@@ -117,17 +121,12 @@ class NoiseStream:
     _next_toeplitz = _next_dense
 
     def _next_tree(self) -> torch.Tensor:
-        old = prefix_nodes(self.t - 1, self.n) if self.t else []
-        new = prefix_nodes(self.t, self.n)
+        epoch, r = divmod(self.t, self._epoch)
+        last = epoch == (self.n - 1) // self._epoch
+        row = self._tree_maps[1 if last else 0][r]
         w = torch.zeros(self.dim, dtype=torch.float64)
-        for r in new:
-            if r not in self._nodes:
-                self._nodes[r] = self.z(r)
-            if r not in old:
-                w += self._nodes[r]
-        for r in old:
-            if r not in new:
-                w -= self._nodes.pop(r)
+        for j in np.flatnonzero(row):  # node rows of C are numbered epoch by epoch
+            w += float(row[j]) * self.z(epoch * self._tree_nodes + int(j))
         return w
 
     # -- checkpointing ----------------------------------------------------------------------
@@ -136,12 +135,8 @@ class NoiseStream:
         return (self._buf[: self.t] if self.kind in ("dense", "toeplitz") else self._buf).clone()
 
     def state_dict(self) -> dict:
-        ids = sorted(self._nodes)
         return {"step": self.t, "seed": self.seed, "dim": self.dim, "std": self.std,
-                "fingerprint": self.f.fingerprint(), "buffers": self._saved_buffers(),
-                "node_ids": torch.tensor(ids, dtype=torch.int64),
-                "node_noise": (torch.stack([self._nodes[r] for r in ids]) if ids
-                               else torch.zeros(0, self.dim, dtype=torch.float64))}
+                "fingerprint": self.f.fingerprint(), "buffers": self._saved_buffers()}
 
     def load_state_dict(self, state: dict) -> None:
         if state["fingerprint"] != self.f.fingerprint():
@@ -155,8 +150,7 @@ class NoiseStream:
             self._buf[: len(buf)] = buf
         else:
             self._buf = buf.clone()
-        self._nodes = {int(r): v.to(torch.float64).clone()
-                       for r, v in zip(state["node_ids"].tolist(), state["node_noise"])}
+        # (checkpoints of older versions also hold the tree's node noise: it is regenerated from its key)
 
 
 def dense_noise(factorization: Factorization, Z: np.ndarray) -> np.ndarray:

@@ -10,7 +10,7 @@ from fedsim.privacy import (C_from_gram, Factorization, ParticipationSchema, pla
 from fedsim.privacy.blt import blt_coefs, blt_sensitivity_squared
 from fedsim.privacy.dense import fixed_point, optimize_gram, pattern_mask
 from fedsim.privacy.toeplitz import sqrt_coefs
-from fedsim.privacy.tree import tree_estimator, tree_matrix
+from fedsim.privacy.tree import tree_estimator, tree_matrix, tree_noise_map
 from fedsim.privacy.workloads import lr_schedule, momentum_matrix
 
 FE = ParticipationSchema
@@ -85,6 +85,44 @@ def test_tree_sensitivity_and_estimator():
         m = plan_factorization("tree", single(n)).metrics()
         assert m.sensitivity ** 2 == pytest.approx(math.ceil(math.log2(n + 1)))
         assert m.mean_error == pytest.approx(np.mean([bin(t + 1).count("1") for t in range(n)]))
+
+
+@pytest.mark.parametrize("estimator", ["streaming", "honaker"])
+@pytest.mark.parametrize("n,epoch", [(16, 4), (24, 8), (23, 10), (13, 13)])
+def test_restarted_tree_estimates_every_prefix(n, epoch, estimator):
+    C, B = tree_matrix(n, epoch), tree_estimator(n, epoch, estimator)
+    assert np.allclose(B @ C, prefix_sum(n))  # unbiased: the noiseless estimate is the prefix sum
+    W = tree_noise_map(n, epoch, estimator)
+    assert np.allclose(np.cumsum(W, axis=0), B)
+    # causal: step t's noise only uses nodes complete by t (a node's last step <= t)
+    last = np.array([np.flatnonzero(row).max() for row in C])
+    assert all(last[np.flatnonzero(W[t])].max() <= t for t in range(n))
+
+
+def test_honaker_is_the_least_squares_estimate_of_each_prefix():
+    """For each prefix, Honaker's weights give the variance of the BLUE from the complete nodes
+    (ordinary least squares on i.i.d. node noise, computed independently with pinv)."""
+    n = 13
+    C, B = tree_matrix(n), tree_estimator(n, None, "honaker")
+    for t in range(n):
+        done = np.flatnonzero(np.all(C[:, t + 1:] == 0, axis=1) & np.any(C[:, :t + 1] != 0, axis=1))
+        blue = np.ones(t + 1) @ np.linalg.pinv(C[np.ix_(done, np.arange(t + 1))])
+        assert (B[t] ** 2).sum() == pytest.approx((blue ** 2).sum(), rel=1e-10)
+    assert tree_estimator(3, None, "honaker")[1].tolist() == pytest.approx([1 / 3, 1 / 3, 0, 2 / 3])  # variance 2/3
+
+
+def test_restarts_and_honaker_are_the_papers_baseline():
+    """Kairouz et al. restart the tree every epoch: under (k, b) fixed-epoch order each tree sees a
+    client once, so sens² = k·(floor(log2 b) + 1); at b = 2^j this beats one tree over n steps."""
+    for k, b in [(4, 8), (8, 8), (4, 16)]:
+        schema = FE("fixed-epoch", k * b, k, b)
+        tree = plan_factorization("tree", schema)
+        assert tree.structure == {"kind": "tree", "epoch": b, "estimator": "streaming"}
+        m = tree.metrics()
+        assert m.sensitivity ** 2 == pytest.approx(k * (math.floor(math.log2(b)) + 1)) and m.sensitivity_exact
+        one_tree = Factorization("tree", tree_matrix(k * b), prefix_sum(k * b), schema, {"kind": "tree"})
+        assert m.rmse < 0.8 * one_tree.metrics().rmse
+        assert plan_factorization("tree-honaker", schema).metrics().rmse < m.rmse
 
 
 def test_banded_limits_are_optimal_and_identity():

@@ -10,13 +10,14 @@ from fedsim.privacy import (NoiseStream, ParticipationSchema, dense_noise, gauss
                             plan_factorization)
 
 SCHEMA = ParticipationSchema("fixed-epoch", 24, 3, 8)
-MECHANISMS = ["identity", "tree", "sqrt-toeplitz", "optimal", "banded", "blt"]
+MECHANISMS = ["identity", "tree", "tree-honaker", "sqrt-toeplitz", "optimal", "banded", "blt"]
 
 
 @pytest.fixture(scope="module")
 def factors():
     out = {m: plan_factorization(m, SCHEMA, bands=3 if m == "banded" else None) for m in MECHANISMS}
     out["optimal-minsep"] = plan_factorization("optimal", ParticipationSchema("min-separation", 24, 3, 6))
+    out["honaker-partial-epoch"] = plan_factorization("tree-honaker", ParticipationSchema("min-separation", 23, 3, 10))
     return out
 
 
@@ -24,7 +25,7 @@ def _run(stream, steps):
     return torch.stack([stream.next() for _ in range(steps)])
 
 
-@pytest.mark.parametrize("name", MECHANISMS + ["optimal-minsep"])
+@pytest.mark.parametrize("name", MECHANISMS + ["optimal-minsep", "honaker-partial-epoch"])
 def test_streaming_equals_dense_solve(factors, name):
     f = factors[name]
     stream = NoiseStream(f, dim=7, seed=11, std=1.0, dtype=torch.float64)
@@ -57,7 +58,7 @@ def test_same_seed_same_noise_and_different_seed_differs(factors, name):
     assert a.dtype == torch.float32 and torch.equal(a, b) and not torch.allclose(a, c)
 
 
-@pytest.mark.parametrize("name", ["banded", "blt", "optimal", "tree", "identity", "sqrt-toeplitz"])
+@pytest.mark.parametrize("name", ["banded", "blt", "optimal", "tree", "tree-honaker", "identity", "sqrt-toeplitz"])
 def test_state_save_restore_continues_identically(factors, name):
     f = factors[name]
     ref = _run(NoiseStream(f, 6, seed=2, std=0.7), f.steps)

@@ -46,7 +46,7 @@ CASES = [("fixed-epoch", 12, 3, 4), ("fixed-epoch", 12, 2, 6), ("min-separation"
          ("min-separation", 11, 2, 5), ("min-separation", 10, 4, 3)]
 
 
-@pytest.mark.parametrize("mechanism", ["identity", "tree", "sqrt-toeplitz", "optimal", "banded", "blt"])
+@pytest.mark.parametrize("mechanism", ["identity", "tree", "tree-honaker", "sqrt-toeplitz", "optimal", "banded", "blt"])
 @pytest.mark.parametrize("case", CASES)
 def test_sensitivity_matches_brute_force(mechanism, case):
     schema = S(*case)
