@@ -12,6 +12,9 @@ parameter and raises ValueError naming it. Parameters (all optional unless noted
 - ``uniform``: ``clients_per_round`` (required, 1..N)
 - ``fixed-epoch``: ``clients_per_round`` (required, divides N): a seeded split into N/k groups
   taking turns, the participation pattern DP matrix factorization plans for
+- ``cyclic-poisson``: ``groups`` (b, required) and ``p`` (q, required): a seeded split into b
+  groups, group (t − 1) mod b eligible at round t, each eligible client joins with probability q
+  (the b-cyclic Poisson sampling amplified BandMF is accounted for)
 - ``bernoulli``/``markov``/``cyclic``/``anarchic`` take probabilities from ``prob_mode``:
   ``"label-linked"`` (FedAU, arXiv 2306.03401, App. D; needs ``label_hist``; ``alpha``, ``p_mean``, ``p_min``),
   ``"heterogeneous"`` (Beta; ``p_mean``, ``p_min``, ``prob_spread``), ``"constant"`` (``p``), or
@@ -32,16 +35,16 @@ from typing import Any
 import numpy as np
 
 from .models import (AnarchicParticipation, BernoulliParticipation, CyclicParticipation,
-                     FixedEpochParticipation, FullParticipation, MarkovParticipation, Participation,
+                     CyclicPoissonParticipation, FixedEpochParticipation, FullParticipation, MarkovParticipation, Participation,
                      RoundPlan, Timing, UniformParticipation)
 from .probabilities import heterogeneous_probs, label_linked_probs
 
 __all__ = ["PARTICIPATION", "build_participation", "slow_clients", "Participation", "RoundPlan", "Timing",
            "label_linked_probs", "heterogeneous_probs", "FullParticipation", "UniformParticipation",
            "BernoulliParticipation", "MarkovParticipation", "CyclicParticipation",
-           "AnarchicParticipation", "FixedEpochParticipation"]
+           "AnarchicParticipation", "FixedEpochParticipation", "CyclicPoissonParticipation"]
 
-PARTICIPATION = ("full", "uniform", "bernoulli", "markov", "cyclic", "anarchic", "fixed-epoch")
+PARTICIPATION = ("full", "uniform", "bernoulli", "markov", "cyclic", "anarchic", "fixed-epoch", "cyclic-poisson")
 PROB_MODES = ("label-linked", "heterogeneous", "constant")
 
 _COMMON = {"local_steps", "step_time", "speed_spread", "comm_time", "slow_classes", "slow_factor", "slow_share"}
@@ -54,6 +57,7 @@ _ALLOWED = {
     "cyclic": _COMMON | _PROB | {"period"},
     "anarchic": _COMMON | _PROB | {"min_steps", "max_steps", "jitter"},
     "fixed-epoch": _COMMON | {"clients_per_round"},
+    "cyclic-poisson": _COMMON | {"groups", "p"},
 }
 # Which probability parameters each prob_mode reads (others are rejected, not silently ignored).
 _MODE_PARAMS = {"label-linked": {"alpha", "p_mean", "p_min"},
@@ -168,6 +172,12 @@ def build_participation(name: str, num_clients: int, *, seed: int,
     if name == "fixed-epoch":
         k = _int(params, "clients_per_round", None, 1, num_clients)
         return FixedEpochParticipation(num_clients, k, **common)
+    if name == "cyclic-poisson":
+        groups = _int(params, "groups", None, 1, num_clients)
+        if "p" not in params:
+            raise ValueError("participation.p is required for 'cyclic-poisson'")
+        return CyclicPoissonParticipation(num_clients, groups, _float(params, "p", 0.1, 0.0, 1.0, lo_open=True),
+                                          **common)
     probs = _probs(name, num_clients, seed, label_hist, params)
     if name == "bernoulli":
         return BernoulliParticipation(num_clients, probs, **common)

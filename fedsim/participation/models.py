@@ -24,12 +24,13 @@ import numpy as np
 __all__ = [
     "RoundPlan", "Timing", "Participation", "FullParticipation", "UniformParticipation",
     "BernoulliParticipation", "MarkovParticipation", "CyclicParticipation", "AnarchicParticipation",
-    "FixedEpochParticipation",
+    "FixedEpochParticipation", "CyclicPoissonParticipation",
 ]
 
 _TAG_TIMING = 0x7133_0000
 _TAGS = {"full": 0x5A3F_0001, "uniform": 0x5A3F_0002, "bernoulli": 0x5A3F_0003,
-         "markov": 0x5A3F_0004, "cyclic": 0x5A3F_0005, "anarchic": 0x5A3F_0006, "fixed-epoch": 0x5A3F_0007}
+         "markov": 0x5A3F_0004, "cyclic": 0x5A3F_0005, "anarchic": 0x5A3F_0006, "fixed-epoch": 0x5A3F_0007,
+         "cyclic-poisson": 0x5A3F_0008}
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:
@@ -256,6 +257,45 @@ class FixedEpochParticipation(Participation):
 
     def _config(self):
         return {"k": self.clients_per_round}
+
+
+class CyclicPoissonParticipation(Participation):
+    """b-cyclic Poisson sampling (Choquette-Choo et al., "Amplified BandMF", arXiv 2306.08153,
+    Thm 4): the N clients are shuffled once (seeded) into ``groups`` = b groups (sizes differ by at
+    most one); at round t only group (t − 1) mod b is eligible, and each of its clients takes part
+    independently with probability ``p`` = q. A client is eligible once every b rounds, so it takes
+    part at most ceil(n / b) times, at least b rounds apart. Every round draws N uniforms, whatever
+    the group, so the stream never shifts."""
+
+    name = "cyclic-poisson"
+
+    def __init__(self, num_clients: int, groups: int, p: float, *, seed: int,
+                 local_steps: int = 5, timing: Timing | None = None) -> None:
+        super().__init__(num_clients, seed=seed, local_steps=local_steps, timing=timing)
+        self.groups = _as_int(groups, "groups", 1)
+        if self.groups > self.num_clients:
+            raise ValueError(f"groups must be <= num_clients={self.num_clients}, got {self.groups}")
+        if not 0.0 < float(p) <= 1.0:
+            raise ValueError(f"p must be in (0, 1], got {p}")
+        self.p = float(p)
+        order = self._rng.permutation(self.num_clients)
+        group = np.empty(self.num_clients, dtype=np.int64)
+        for g, members in enumerate(np.array_split(order, self.groups)):
+            group[members] = g
+        self.group = _frozen(group)  # public: the schema the privacy accounting checks
+
+    def eligible_group(self, round: int) -> int:
+        return (int(round) - 1) % self.groups
+
+    def _draw(self, available):
+        u = self._rng.random(self.num_clients)
+        return (self.group == self._round % self.groups) & (u < self.p), None, None
+
+    def expected_rate(self) -> np.ndarray:
+        return np.full(self.num_clients, self.p / self.groups)
+
+    def _config(self):
+        return {"groups": self.groups, "p": self.p}
 
 
 class _ProbModel(Participation):

@@ -8,8 +8,11 @@ Two kinds of release:
 - **correlated noise** (any matrix factorization with Z ~ N(0, (σ·ζ·sens(C))²), Denisov et al.,
   arXiv 2202.08312, Thm 2.1; Choquette-Choo et al., arXiv 2211.06530, §2): the whole n-step
   release is **one** Gaussian mechanism with noise multiplier σ; never compose over steps,
-  and no amplification by sampling (b-cyclic Poisson BandMF amplification, arXiv 2306.08153
-  Thm 4, is not implemented).
+  and no amplification by sampling;
+- **amplified BandMF** (Choquette-Choo et al., arXiv 2306.08153, Thm 4): a column-normalised C
+  with at most b bands under b-cyclic Poisson sampling (b groups taking turns, each member of the
+  eligible group sampled with probability q) is as private as DP-SGD with Poisson sampling q,
+  multiplier σ and ceil(n / b) steps (:func:`amplified_steps`); b = 1 is DP-SGD itself.
 
 Epsilons are for add-or-remove-one neighbouring (one user's contributions zeroed), except for
 **fixed-size cohorts drawn without replacement** (K of N each round; Wang, Balle, Kasiviswanathan,
@@ -53,6 +56,15 @@ def dp_event(noise_multiplier: float, steps: int = 1, sampling: float = 1.0,
         return dp_accounting.GaussianDpEvent(noise_multiplier / math.sqrt(steps))
     step = dp_accounting.PoissonSampledDpEvent(sampling, dp_accounting.GaussianDpEvent(noise_multiplier))
     return dp_accounting.SelfComposedDpEvent(step, int(steps))
+
+
+def amplified_steps(steps: int, bands: int) -> int:
+    """The DP-SGD step count amplified BandMF's guarantee equals: ceil(n / b) (arXiv 2306.08153, Thm 4)."""
+    if int(bands) != bands or bands < 1:
+        raise ValueError(f"bands must be a positive integer, got {bands}")
+    if int(steps) != steps or steps < 0:
+        raise ValueError(f"steps must be a non-negative integer, got {steps}")
+    return -(-int(steps) // int(bands))
 
 
 def wor_event(noise_multiplier: float, steps: int, population: int, cohort: int) -> dp_accounting.DpEvent:

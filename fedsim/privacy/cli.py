@@ -2,7 +2,8 @@
 
     fedsim privacy plan --steps 64 --participations 4 --separation 16 --pattern fixed-epoch \\
         --mechanism optimal [--bands 8] [--save F.npz] [--load F.npz] [--epsilon 4 --delta 1e-5] [--json]
-    fedsim privacy epsilon --noise-multiplier 1.0 --delta 1e-5 [--steps T --sampling q] [--correlated] [--json]
+    fedsim privacy epsilon --noise-multiplier 1.0 --delta 1e-5 [--steps T --sampling q]
+        [--mechanism independent|correlated|banded-amplified --bands B] [--accountant pld|rdp] [--json]
 
 Bad arguments exit with status 2 and a message naming the argument.
 """
@@ -14,7 +15,7 @@ import json
 import math
 import time
 
-from .accounting import ACCOUNTANTS, NEIGHBOURING, epsilon, noise_multiplier_for
+from .accounting import ACCOUNTANTS, NEIGHBOURING, amplified_steps, epsilon, noise_multiplier_for
 from .factorization import Factorization
 from .mechanisms import MECHANISMS, plan_factorization
 from .patterns import KINDS, ParticipationSchema
@@ -38,6 +39,7 @@ def _number(kind, lo=None, hi=None, lo_open=False, hi_open=False):
 
 
 POS_INT = _number(int, 1)
+EPSILON_MECHANISMS = ("independent", "correlated", "banded-amplified")
 POS_FLOAT = _number(float, 0, lo_open=True)
 DELTA = _number(float, 0, 1, lo_open=True, hi_open=True)
 
@@ -52,7 +54,12 @@ def add_parser(subparsers) -> None:
     plan.add_argument("--participations", type=POS_INT, help="max participations per client k (default 1)")
     plan.add_argument("--separation", type=POS_INT, help="min steps between participations b (default n/k)")
     plan.add_argument("--pattern", choices=KINDS, help="participation schema (default fixed-epoch)")
-    plan.add_argument("--mechanism", choices=MECHANISMS)
+    plan.add_argument("--mechanism", choices=MECHANISMS + ("banded-amplified",),
+                      help="banded-amplified: choose the bands b minimising error at --epsilon under b-cyclic "
+                           "Poisson sampling (needs --cohort-fraction)")
+    plan.add_argument("--cohort-fraction", type=_number(float, 0, 1, lo_open=True),
+                      help="banded-amplified: expected fraction of all clients per round; with b groups each "
+                           "eligible client joins with q = b x this")
     plan.add_argument("--bands", type=POS_INT, help="banded: number of bands (default b)")
     plan.add_argument("--buffers", type=POS_INT, help="blt: number of buffers (default 4)")
     plan.add_argument("--momentum", type=_number(float, 0, 1, hi_open=True),
@@ -70,11 +77,17 @@ def add_parser(subparsers) -> None:
     eps = sub.add_parser("epsilon", help="epsilon (RDP and PLD) of a Gaussian release")
     eps.add_argument("--noise-multiplier", type=POS_FLOAT, required=True)
     eps.add_argument("--delta", type=DELTA, required=True)
-    eps.add_argument("--steps", type=POS_INT, default=1, help="independent noisy steps (default 1)")
+    eps.add_argument("--steps", type=POS_INT, default=1, help="noisy steps or rounds n (default 1)")
     eps.add_argument("--sampling", type=_number(float, 0, 1, lo_open=True), default=1.0,
-                     help="Poisson sampling probability per step (default 1)")
-    eps.add_argument("--correlated", action="store_true",
-                     help="matrix-factorization noise: the whole release is one Gaussian (steps ignored)")
+                     help="Poisson sampling probability q per step (banded-amplified: of each member of "
+                          "the eligible group; default 1)")
+    eps.add_argument("--mechanism", choices=EPSILON_MECHANISMS, default="independent",
+                     help="independent: DP-SGD / DP-FedAvg; correlated: one matrix-factorization release "
+                          "(no amplification); banded-amplified: BandMF with b-cyclic Poisson sampling")
+    eps.add_argument("--bands", type=POS_INT, help="banded-amplified: bands b = number of cyclic groups")
+    eps.add_argument("--correlated", action="store_true", help="same as --mechanism correlated")
+    eps.add_argument("--accountant", choices=ACCOUNTANTS, default="pld",
+                     help="which accountant gives `epsilon` (default pld; both are printed)")
     eps.add_argument("--json", action="store_true", help="print one JSON object")
     eps.set_defaults(func=_epsilon, _parser=eps)
 
@@ -133,6 +146,10 @@ def _plan(args) -> int:
     parser = args._parser
     if (args.epsilon is None) != (args.delta is None):
         parser.error("argument --epsilon: --epsilon and --delta go together")
+    if (args.cohort_fraction is not None) != (args.mechanism == "banded-amplified"):
+        parser.error("argument --cohort-fraction: required with --mechanism banded-amplified, and only with it")
+    if args.mechanism == "banded-amplified":
+        return _plan_amplified(args, parser)
     start = time.perf_counter()
     f = _factorization(args, parser)
     m = f.metrics()
@@ -168,6 +185,48 @@ def _plan(args) -> int:
     return 0
 
 
+def _plan_amplified(args, parser) -> int:
+    """Amplified BandMF (arXiv 2306.08153, Thm 4): for each candidate b, the column-normalised
+    BandMF factor for b-min-separation, the σ reaching --epsilon as DP-SGD with Poisson q = b·f over
+    ceil(n/b) steps, and the error σ·sqrt(mean_t ‖B[t]‖²) (one participation has sensitivity 1)."""
+    n, f = args.steps, args.cohort_fraction
+    if n is None or args.epsilon is None:
+        parser.error("argument --mechanism banded-amplified: needs --steps, --epsilon and --delta")
+    for name in ("load", "save", "pattern", "participations", "separation", "buffers"):
+        if getattr(args, name) is not None:
+            parser.error(f"argument --{name}: not used with --mechanism banded-amplified")
+    top = min(n, int(1.0 / f + 1e-9))  # q = b·f must stay <= 1
+    if args.bands is not None:
+        if args.bands > top:
+            parser.error(f"argument --bands: at most {top} (--steps, and b x --cohort-fraction <= 1), got {args.bands}")
+        candidates = [args.bands]
+    else:
+        candidates = sorted({1, top} | {1 << i for i in range(top.bit_length()) if 1 << i <= top})
+    A = workload(n, args.momentum or 0.0, lr_schedule(n, args.lr_decay) if args.lr_decay else None)
+    rows = []
+    for b in candidates:
+        k = amplified_steps(n, b)
+        schema = ParticipationSchema("min-separation", n, k, b) if k > 1 else ParticipationSchema.single(n)
+        fac = plan_factorization("banded", schema, A=A, bands=b, max_iter=args.max_iter)
+        sigma = noise_multiplier_for(args.epsilon, args.delta, steps=k, sampling=min(1.0, b * f),
+                                     accountant=args.accountant)
+        unit = float((fac.B() ** 2).sum(axis=1).mean() ** 0.5)
+        rows.append({"bands": b, "sampling": min(1.0, b * f), "dp_sgd_steps": k, "noise_multiplier": sigma,
+                     "rmse": sigma * unit, "rmse_per_unit_noise": unit})
+    best = min(rows, key=lambda r: r["rmse"])
+    out = {"mechanism": "banded-amplified", "steps": n, "cohort_fraction": f, "epsilon": args.epsilon,
+           "delta": args.delta, "accountant": args.accountant, "neighbouring": NEIGHBOURING,
+           "sampling_scheme": f"{best['bands']}-cyclic poisson (q={best['sampling']:g}), amplified BandMF",
+           **best, "candidates": rows}
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for r in rows:
+            print(f"bands {r['bands']:>5}: q {r['sampling']:.4g}, {r['dp_sgd_steps']} steps, noise multiplier "
+                  f"{r['noise_multiplier']:.4f}, rmse {r['rmse']:.4f}{'  <- best' if r is best else ''}")
+    return 0
+
+
 def _summary(out: dict) -> None:
     p = out["pattern"]
     print(f"{out['mechanism']} ({out['structure']}) for {p['kind']}: n={p['steps']}, k={p['participations']}, "
@@ -190,17 +249,33 @@ def _summary(out: dict) -> None:
 
 def _epsilon(args) -> int:
     parser = args._parser
-    if args.correlated and (args.steps != 1 or args.sampling != 1.0):
+    mechanism = "correlated" if args.correlated else args.mechanism
+    if args.correlated and args.mechanism not in ("independent", "correlated"):
+        parser.error("argument --correlated: not allowed with --mechanism " + args.mechanism)
+    if mechanism == "correlated" and (args.steps != 1 or args.sampling != 1.0):
         parser.error("argument --correlated: the matrix-factorization release is one Gaussian mechanism; "
                      "--steps and --sampling do not apply")
-    scheme = ("one correlated release" if args.correlated else
-              "no sampling" if args.sampling == 1.0 else f"poisson (q={args.sampling:g})")
-    out = {"noise_multiplier": args.noise_multiplier, "delta": args.delta, "steps": args.steps,
-           "sampling": args.sampling, "correlated": args.correlated, "neighbouring": NEIGHBOURING,
-           "sampling_scheme": scheme,
-           **epsilon(args.noise_multiplier, args.delta, args.steps, args.sampling, correlated=args.correlated)}
+    if (args.bands is not None) != (mechanism == "banded-amplified"):
+        parser.error("argument --bands: required with --mechanism banded-amplified, and only with it")
+    steps = args.steps
+    if mechanism == "banded-amplified":
+        if args.bands > args.steps:
+            parser.error(f"argument --bands: must be <= --steps ({args.steps}), got {args.bands}")
+        steps = amplified_steps(args.steps, args.bands)  # arXiv 2306.08153, Thm 4
+        scheme = f"{args.bands}-cyclic poisson (q={args.sampling:g}), amplified BandMF"
+    elif mechanism == "correlated":
+        scheme = "one correlated release"
+    else:
+        scheme = "no sampling" if args.sampling == 1.0 else f"poisson (q={args.sampling:g})"
+    both = epsilon(args.noise_multiplier, args.delta, steps, args.sampling, correlated=mechanism == "correlated")
+    out = {"epsilon": both[f"epsilon_{args.accountant}"], **both, "accountant": args.accountant,
+           "noise_multiplier": args.noise_multiplier, "delta": args.delta, "steps": args.steps,
+           "sampling": args.sampling, "mechanism": mechanism, "correlated": mechanism == "correlated",
+           **({"bands": args.bands, "dp_sgd_steps": steps} if args.bands else {}),
+           "neighbouring": NEIGHBOURING, "sampling_scheme": scheme}
     if args.json:
         print(json.dumps(out))
     else:
-        print(f"epsilon {out['epsilon_rdp']:.4f} (RDP), {out['epsilon_pld']:.4f} (PLD) at delta {args.delta}")
+        print(f"epsilon {out['epsilon']:.4f} ({args.accountant}; RDP {out['epsilon_rdp']:.4f}, PLD "
+              f"{out['epsilon_pld']:.4f}) at delta {args.delta}, {scheme}")
     return 0

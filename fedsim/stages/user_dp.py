@@ -22,6 +22,11 @@ Accounting (the sampling that actually happens), every epsilon for the neighbour
 - ``fixed-epoch`` participation: the run follows a participation schema (every client exactly
   b = N/K rounds apart); the whole release is one Gaussian mechanism with multiplier z and the
   stage refuses to send work that would break the schema (``ParticipationViolation``);
+- ``cyclic-poisson`` participation (b groups taking turns, each member of the eligible group joins
+  with probability q) with ``identity`` or ``banded`` (at most b bands, column-normalised C):
+  amplified BandMF (Choquette-Choo et al., arXiv 2306.08153, Thm 4), accounted as DP-SGD with
+  Poisson sampling q and ceil(n / b) steps, with noise std z S (one participation's sensitivity);
+  the stage refuses to send work to a client outside the round's group;
 - ``bernoulli`` participation with one constant p, i.i.d. noise and a synchronous strategy: n
   Poisson-subsampled Gaussian steps with q = p (each client joins each round independently);
 - ``full`` participation: n Gaussian steps, no amplification (q = 1);
@@ -48,9 +53,11 @@ import math
 import numpy as np
 
 from ..core.clipping import clip_rows
-from ..participation import FixedEpochParticipation, FullParticipation, UniformParticipation
+from ..participation import (CyclicPoissonParticipation, FixedEpochParticipation, FullParticipation,
+                             UniformParticipation)
 from ..participation.models import BernoulliParticipation
-from ..privacy.accounting import NEIGHBOURING, REPLACE_ONE, wor_epsilon, wor_noise_multiplier_for
+from ..privacy.accounting import NEIGHBOURING, REPLACE_ONE, amplified_steps, wor_epsilon, wor_noise_multiplier_for
+from ..privacy.mechanisms import bandwidth
 from ..privacy import (Factorization, NoiseStream, ParticipationSchema, ParticipationViolation, epsilon_after,
                        noise_multiplier_for, noise_std, plan_factorization)
 from .base import ServerStage
@@ -67,12 +74,16 @@ class UserLevelDP(ServerStage):
         self.accountant = privacy.get("accountant", "pld")
         self.neighbouring = NEIGHBOURING
         self.wor: tuple[int, int] | None = None  # (N, K) of fixed-size cohorts drawn without replacement
+        self.cyclic_group: np.ndarray | None = None  # [N] group of each client under b-cyclic Poisson sampling
         self.clip_norm = float(privacy["clip_norm"])
         self.delta = float(privacy["delta"])
         self.mechanism = privacy.get("mechanism", "identity")
         self.sampling, self.schema = self._pattern(participation)
         self.factorization = None if self.schema is None else self._factorization(privacy)
-        sens = 1.0 if self.factorization is None else self.factorization.sensitivity().value
+        if self.cyclic_group is not None:
+            sens = self._check_amplifiable(self.factorization)
+        else:
+            sens = 1.0 if self.factorization is None else self.factorization.sensitivity().value
         self.noise_multiplier = self._calibrate(privacy)
         self.std = noise_std(self.noise_multiplier, self.clip_norm, sens)
         self.participated: dict[int, list[int]] = {}  # client -> 0-based rounds it was sent work in
@@ -91,6 +102,15 @@ class UserLevelDP(ServerStage):
                                  "strategy takes privacy.mechanism = 'identity'")
             self.sampling_scheme = "asynchronous arrivals, no amplification claimed"
             return 1.0, None
+        if isinstance(participation, CyclicPoissonParticipation):
+            if self.mechanism not in ("identity", "banded"):
+                raise ValueError(f"participation 'cyclic-poisson' (amplified BandMF) takes privacy.mechanism "
+                                 f"'identity' or 'banded', got '{self.mechanism}'")
+            b, q = participation.groups, participation.p
+            self.cyclic_group, self.cycle = participation.group, b
+            k = amplified_steps(n, b)
+            self.sampling_scheme = f"{b}-cyclic poisson (q={q:g}), amplified BandMF"
+            return q, ParticipationSchema("min-separation", n, k, b) if k > 1 else ParticipationSchema.single(n)
         if isinstance(participation, FixedEpochParticipation):
             b = participation.epoch_rounds
             k = math.ceil(n / b)
@@ -135,10 +155,24 @@ class UserLevelDP(ServerStage):
         bands = privacy.get("bands") or None
         return plan_factorization(self.mechanism, self.schema, **({"bands": bands} if self.mechanism == "banded" else {}))
 
+    def _check_amplifiable(self, f: Factorization) -> float:
+        """Amplified BandMF needs at most b bands and column norms <= 1; -> the largest column norm."""
+        b = self.cycle
+        if bandwidth(f.C) > b:
+            raise ValueError(f"amplified BandMF needs C with at most {b} bands (participation.groups), "
+                             f"privacy.bands gives {bandwidth(f.C)}")
+        norm = float(np.sqrt((f.C ** 2).sum(axis=0)).max())
+        if norm > 1 + 1e-9:
+            raise ValueError(f"amplified BandMF needs column norms <= 1, the factor has {norm:.6g}")
+        return norm
+
     def _calibrate(self, privacy: dict) -> float:
         target = float(privacy.get("epsilon") or 0.0)
         if target <= 0:
             return float(privacy["noise_multiplier"])
+        if self.cyclic_group is not None:
+            return noise_multiplier_for(target, self.delta, steps=amplified_steps(self.rounds, self.cycle),
+                                        sampling=self.sampling, accountant=self.accountant)
         if self.wor is not None:
             return wor_noise_multiplier_for(target, self.delta, self.rounds, *self.wor)
         if self.factorization is None:
@@ -155,6 +189,10 @@ class UserLevelDP(ServerStage):
         t = server_round - 1
         for cid in sorted(clients):
             past = self.participated.get(cid, [])
+            if self.cyclic_group is not None and self.cyclic_group[cid] != t % self.cycle:
+                raise ParticipationViolation(
+                    f"round {server_round}: client {cid} is in cyclic group {int(self.cyclic_group[cid])}, "
+                    f"group {t % self.cycle} is the eligible one (amplified BandMF assumes b-cyclic sampling)")
             if self.schema is not None and not self.schema.allows(past, t):
                 raise ParticipationViolation(
                     f"round {server_round}: client {cid} (past rounds {[r + 1 for r in past]}) would break the "
@@ -176,6 +214,9 @@ class UserLevelDP(ServerStage):
     def _epsilon(self, rounds_done: int, accountant: str) -> float:
         if self.noise_multiplier <= 0:
             return math.inf
+        if self.cyclic_group is not None:
+            return epsilon_after(amplified_steps(rounds_done, self.cycle), self.noise_multiplier, self.delta,
+                                 sampling=self.sampling, accountant=accountant)
         if self.wor is not None:
             return wor_epsilon(rounds_done, self.noise_multiplier, self.delta, *self.wor) if accountant == "rdp" \
                 else None  # PLD does not support sampling without replacement
