@@ -1,7 +1,7 @@
 """The ``fedsim`` command line.
 
     fedsim presets
-    fedsim run PRESET_OR_TOML [--set key=value ...] [--out DIR] [--resume] [--quiet]
+    fedsim run PRESET_OR_TOML [--set key=value ...] [--out DIR] [--resume] [--seeds 0,1,2] [--quiet]
     fedsim repro ef21 --dataset phishing --method ef21,ef14 [--step-multiplier 8] [--json]
     fedsim launch | server | client | certs   (the gRPC runtime, see fedsim/experiments/grpc_commands.py)
     fedsim bench runtime [--rounds N] [--skip-flower] [--json]   (see fedsim/bench/)
@@ -30,11 +30,21 @@ def _presets(_args) -> int:
     return 0
 
 
+def _seed_list(text: str) -> list[int]:
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"expected distinct integers >= 0, got {text!r}")
+    return seeds
+
+
 def _run(args) -> int:
     from .experiments.run import run_config
     from .experiments.setup import load as load_config
 
-    cfg = load_config(args.config, args.set)
+    cfg = load_config(args.config, args.set + ([f"seeds={args.seeds}"] if args.seeds else []))
     out = args.out or os.path.join("runs", cfg.name)
     run_config(cfg, out, resume=args.resume, progress=not args.quiet)
     print(f"outputs in {out}/")
@@ -51,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dotted override, e.g. --set strategy.name=afa-cs (repeatable)")
     r.add_argument("--out", help="output directory (default runs/<name>)")
     r.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    r.add_argument("--seeds", type=_seed_list, metavar="S1,S2,...",
+                   help="run every arm once per seed and report mean ± std (same as --set 'seeds=[...]')")
     r.add_argument("--quiet", action="store_true", help="no progress output")
     r.set_defaults(func=_run)
     from .experiments.grpc_commands import add_parsers as add_grpc_parsers

@@ -111,10 +111,18 @@ class PrivacyConfig:
     accountant: str = "pld"        # pld | rdp: calibrates the noise for epsilon and reports epsilon
     bands: int = 0                 # banded: number of bands (0 = the epoch length)
     factorization: str = ""        # a saved factorization (.npz from `fedsim privacy plan --save`)
+    # adaptive clipping (Andrew et al., arXiv 1905.03871): clip_norm is the initial norm, tracked
+    # towards the target_quantile of the update norms from a count noised with clip_count_noise
+    adaptive_clip: bool = False
+    target_quantile: float = 0.5
+    clip_lr: float = 0.2
+    clip_count_noise: float = 0.0  # sigma_b; 0 = the paper's expected cohort / 20
     # example-level DP (any strategy): DP-SGD on each client through Opacus
     example_dp: bool = False
     example_noise_multiplier: float = 1.0
     example_clip_norm: float = 1.0
+    example_sampling: str = "poisson"  # poisson (what the accounting assumes) | shuffle (fixed-size; approximate)
+    example_accountant: str = "rdp"    # rdp | prv (Opacus' accountants)
 
 
 @dataclass(frozen=True)
@@ -124,6 +132,7 @@ class ExperimentConfig:
     rounds: int = 20
     max_virtual_time: float = 0.0  # stop once the virtual clock passes this (0 = no budget)
     seed: int = 0
+    seeds: list = field(default_factory=list)  # > 1 entries: every arm once per seed, mean ± std (overrides seed)
     eval_every: int = 5
     checkpoint_every: int = 10
     threads: int = 1
@@ -309,6 +318,9 @@ def validate(cfg: ExperimentConfig) -> None:
     need(cfg.checkpoint_every >= 0, "checkpoint_every", "must be >= 0 (0 = only at the end)")
     need(cfg.threads >= 1, "threads", "must be >= 1")
     need(cfg.seed >= 0, "seed", "must be >= 0")
+    need(isinstance(cfg.seeds, list) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0
+                                             for x in cfg.seeds) and len(set(cfg.seeds)) == len(cfg.seeds),
+         "seeds", f"must be a list of distinct integers >= 0, got {cfg.seeds!r}")
     need(bool(cfg.data.name), "data.name", "must not be empty")
     need(cfg.data.num_clients >= 1, "data.num_clients", "must be >= 1")
     need(cfg.data.alpha > 0, "data.alpha", "must be > 0")
@@ -367,5 +379,9 @@ def _validate_privacy(p: PrivacyConfig, need) -> None:
     need(p.epsilon >= 0, "privacy.epsilon", f"must be >= 0 (0 = use noise_multiplier), got {p.epsilon}")
     need(0 < p.delta < 1, "privacy.delta", f"must be in (0, 1), got {p.delta}")
     need(p.bands >= 0, "privacy.bands", f"must be >= 0, got {p.bands}")
+    need(0 < p.target_quantile < 1, "privacy.target_quantile", f"must be in (0, 1), got {p.target_quantile}")
+    need(p.clip_lr > 0, "privacy.clip_lr", f"must be > 0, got {p.clip_lr}")
+    need(p.clip_count_noise >= 0, "privacy.clip_count_noise", f"must be >= 0 (0 = expected cohort / 20), "
+         f"got {p.clip_count_noise}")
     need(p.example_noise_multiplier >= 0, "privacy.example_noise_multiplier", "must be >= 0")
     need(p.example_clip_norm > 0, "privacy.example_clip_norm", "must be > 0")

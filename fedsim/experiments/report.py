@@ -59,7 +59,7 @@ def comparison_table(summaries: dict[str, dict]) -> str:
     private = any("epsilon" in s for s in summaries.values())
     stale = any("final_accuracy_stale_classes" in s for s in summaries.values())
     if private:
-        head += " ε at δ (accountant; mechanism; sampling; add/remove one client) |"
+        head += " ε at δ (accountant; mechanism; sampling; neighbouring) |"
     if stale:
         head += " slow clients' classes: final / mean of last 5 |"
     lines = [head, "|" + "---|" * (10 + private + stale)]
@@ -68,13 +68,71 @@ def comparison_table(summaries: dict[str, dict]) -> str:
                 f"{s['best_accuracy']:.4f} | {s['final_loss']:.4f} | {s['virtual_time']:.1f} | "
                 f"{s['bytes_up'] / 1e6:.2f} | {s['bytes_down'] / 1e6:.2f} | {s['wall_seconds']:.1f} |")
         if private:
-            line += (f" {s['epsilon']:.3g} at {s['delta']:g} ({s['accountant']}; {s['mechanism']}; "
-                     f"{s['sampling_scheme']}) |" if "epsilon" in s else " not private |")
+            line += _privacy_cell(s)
         if stale:
             line += (f" {s['final_accuracy_stale_classes']:.4f} / {s['tail_accuracy_stale_classes']:.4f} |"
                      if "final_accuracy_stale_classes" in s else " — |")
         lines.append(line)
     return "\n".join(lines)
+
+
+def _privacy_cell(s: dict) -> str:
+    return (f" {s['epsilon']:.3g} at {s['delta']:g} ({s['accountant']}; {s['mechanism']}; {s['sampling_scheme']}; "
+            f"{s['neighbouring']}) |" if "epsilon" in s else " not private |")
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof = 1; 0 for one value)."""
+    n = len(values)
+    mean = sum(values) / n
+    return mean, (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else 0.0
+
+
+SEED_FIELDS = ("final_accuracy", "tail_accuracy", "best_accuracy", "final_loss", "wall_seconds")
+
+
+def aggregate_seeds(per_seed: dict[str, dict[int, dict]]) -> dict[str, dict]:
+    """``{arm: {field: {"mean", "std", "values"}, "seeds": [...], privacy fields}}`` over seeds."""
+    out = {}
+    for arm, runs in per_seed.items():
+        first = next(iter(runs.values()))
+        row = {"seeds": sorted(runs)}
+        for f in SEED_FIELDS:
+            values = [runs[seed][f] for seed in sorted(runs)]
+            mean, std = mean_std(values)
+            row[f] = {"mean": mean, "std": std, "values": values}
+        for f in ("epsilon", "delta", "accountant", "mechanism", "sampling_scheme", "neighbouring"):
+            if f in first:
+                row[f] = max((r[f] for r in runs.values()), key=lambda v: (v is not None, v)) if f == "epsilon" \
+                    else first[f]
+        out[arm] = row
+    return out
+
+
+def seed_table(aggregate: dict[str, dict]) -> str:
+    """Markdown table of mean ± std over seeds (sample std)."""
+    private = any("epsilon" in a for a in aggregate.values())
+    head = ("| arm | seeds | final accuracy | mean of last 5 evals | best accuracy | final loss | wall (s) |"
+            + (" ε at δ (accountant; mechanism; sampling; neighbouring) |" if private else ""))
+    lines = [head, "|" + "---|" * (7 + private)]
+    for arm, a in aggregate.items():
+        cells = " | ".join(f"{a[f]['mean']:.4f} ± {a[f]['std']:.4f}" for f in SEED_FIELDS[:4])
+        line = f"| {arm} | {len(a['seeds'])} | {cells} | {a['wall_seconds']['mean']:.1f} |"
+        lines.append(line + (_privacy_cell(a) if private else ""))
+    return "\n".join(lines)
+
+
+def mean_rows(runs: list[list[dict]]) -> list[dict]:
+    """Rows averaged over runs of one arm (same rounds), for plotting the mean curve."""
+    out = []
+    for rows in zip(*runs):
+        row = dict(rows[0])
+        for key in ("accuracy", "loss", "accuracy_stale_classes", "virtual_time", "bytes_up"):
+            vals = [r.get(key) for r in rows]
+            if all(v is not None for v in vals):
+                row[key] = sum(vals) / len(vals)
+        out.append(row)
+    return out
 
 
 def budget_table(runs: dict[str, list[dict]], budgets: list[float]) -> str:

@@ -11,6 +11,7 @@ result as an uninterrupted run). A comparison writes each arm to ``out/<arm>/`` 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -26,7 +27,7 @@ from ..runtime.grid import as_fedsim_grid
 from ..runtime.inprocess import InProcessGrid
 from ..runtime.loop import RoundResult, run_rounds
 from .progress import Progress
-from .report import budget_table, comparison_table, plot_curves, read_rows
+from .report import aggregate_seeds, budget_table, comparison_table, mean_rows, plot_curves, read_rows, seed_table
 from .setup import load_client_data, make_handler, make_model, make_strategy
 
 CHECKPOINT_VERSION = 2  # 2: stage state in the strategy, arrival queue in the grid, no loop-owned pending set
@@ -38,8 +39,13 @@ class CheckpointError(RuntimeError):
 
 def run_config(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, progress: bool = True,
                echo=print) -> dict[str, dict]:
-    """Run every arm of ``cfg``; returns ``{arm: summary}`` and prints a table when there are several."""
+    """Run every arm of ``cfg``; returns ``{arm: summary}`` and prints a table when there are several.
+    With ``seeds`` (two or more) every arm runs once per seed: see :func:`run_seeds`."""
     out = Path(out)
+    if len(cfg.seeds) > 1:
+        return run_seeds(cfg, out, resume=resume, progress=progress, echo=echo)
+    if cfg.seeds:
+        cfg = dataclasses.replace(cfg, seed=cfg.seeds[0], seeds=[])
     arms = arm_configs(cfg)
     if len(arms) == 1:
         (arm, arm_cfg), = arms.items()
@@ -58,6 +64,29 @@ def run_config(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, 
     plot_curves(runs, out / "curves.png", cfg.name)
     echo(table)
     return summaries
+
+
+def run_seeds(cfg: ExperimentConfig, out: Path, *, resume: bool = False, progress: bool = True,
+              echo=print) -> dict[str, dict]:
+    """Every arm once per seed in ``cfg.seeds`` (``OUT/<arm>/seed-<s>/``); writes ``comparison.md``
+    (mean ± sample std), ``comparison.json`` (``per_seed`` and ``aggregate``) and the mean curves.
+    Returns the aggregate ``{arm: {field: {mean, std, values}}}``."""
+    per_seed: dict[str, dict[int, dict]] = {}
+    for seed in cfg.seeds:
+        for arm, arm_cfg in arm_configs(dataclasses.replace(cfg, seed=seed, seeds=[])).items():
+            arm_cfg = dataclasses.replace(arm_cfg, seed=seed, seeds=[])
+            per_seed.setdefault(arm, {})[seed] = run_single(arm_cfg, out / arm / f"seed-{seed}", resume=resume,
+                                                            progress=progress, label=f"{arm} seed {seed}")
+    agg = aggregate_seeds(per_seed)
+    table = seed_table(agg)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "comparison.md").write_text(f"# {cfg.name}\n\n{cfg.description}\n\nseeds {cfg.seeds}: mean ± sample "
+                                       f"std\n\n{table}\n")
+    (out / "comparison.json").write_text(json.dumps({"per_seed": per_seed, "aggregate": agg}, indent=2))
+    plot_curves({arm: mean_rows([read_rows(out / arm / f"seed-{s}" / "metrics.jsonl") for s in cfg.seeds])
+                 for arm in per_seed}, out / "curves.png", f"{cfg.name} (mean of {len(cfg.seeds)} seeds)")
+    echo(table)
+    return agg
 
 
 def run_single(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, progress: bool = True,

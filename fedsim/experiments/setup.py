@@ -19,13 +19,14 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from ..config import ConfigError, ExperimentConfig, load_config
+from ..config import ConfigError, ExperimentConfig, PrivacyConfig, load_config
 from ..core.compression import COMPRESSORS
 from ..core.staleness import STALENESS_FUNCTIONS
 from ..data import DATASETS, SCHEMES, Dataset, label_histogram, load_dataset, partition
 from ..local.device import DEVICES
 from ..local.handler import ClientHandler
 from ..local.vectorized import TRAINERS
+from ..local.example_dp import ACCOUNTANTS as EXAMPLE_ACCOUNTANTS, SAMPLINGS as EXAMPLE_SAMPLINGS
 from ..models import MODELS, build_model, seeded
 from ..participation import PARTICIPATION, build_participation
 from ..privacy import ACCOUNTANTS, MECHANISMS
@@ -101,6 +102,8 @@ def check(cfg: ExperimentConfig) -> None:
     one_of("compression.name", cfg.compression.name, COMPRESSORS)
     one_of("privacy.mechanism", cfg.privacy.mechanism, MECHANISMS)
     one_of("privacy.accountant", cfg.privacy.accountant, ACCOUNTANTS)
+    one_of("privacy.example_sampling", cfg.privacy.example_sampling, EXAMPLE_SAMPLINGS)
+    one_of("privacy.example_accountant", cfg.privacy.example_accountant, EXAMPLE_ACCOUNTANTS)
     one_of("strategy.weighting", cfg.strategy.weighting, WEIGHTINGS)
     one_of("strategy.ef_init", cfg.strategy.ef_init, EF_INITS)
     one_of("strategy.staleness_fn", cfg.strategy.staleness_fn, STALENESS_FUNCTIONS)
@@ -140,7 +143,21 @@ def _check_keys_read(cfg: ExperimentConfig, row: StrategyRow) -> None:
                                   + (f" (it is read by {', '.join(readers)})" if readers else ""))
 
 
+# privacy keys that only mean something with user-level (resp. example-level) DP on; clip_norm,
+# epsilon and delta may sit in a [privacy] table shared by private and non-private arms
+USER_LEVEL_ONLY = ("mechanism", "bands", "factorization", "adaptive_clip", "target_quantile", "clip_lr",
+                   "clip_count_noise")
+EXAMPLE_LEVEL_ONLY = ("example_noise_multiplier", "example_clip_norm", "example_sampling", "example_accountant")
+
+
 def _check_user_level_dp(cfg: ExperimentConfig, row: StrategyRow) -> None:
+    default = PrivacyConfig()
+    for keys, switch in ((USER_LEVEL_ONLY, "user_level"), (EXAMPLE_LEVEL_ONLY, "example_dp")):
+        for key in keys:
+            if not getattr(cfg.privacy, switch) and getattr(cfg.privacy, key) != getattr(default, key):
+                raise ConfigError(f"config key 'privacy.{key}' is set but privacy.{switch} is off"
+                                  + (" (use strategy dp-fedavg or dp-mf, or privacy.user_level = true)"
+                                     if switch == "user_level" else ""))
     if not cfg.privacy.user_level:
         return
     if not row.user_level_dp:
@@ -261,4 +278,5 @@ def _example_dp(cfg: ExperimentConfig) -> dict | None:
     p = cfg.privacy
     if not p.example_dp:
         return None
-    return {"noise_multiplier": p.example_noise_multiplier, "clip_norm": p.example_clip_norm, "delta": p.delta}
+    return {"noise_multiplier": p.example_noise_multiplier, "clip_norm": p.example_clip_norm, "delta": p.delta,
+            "sampling": p.example_sampling, "accountant": p.example_accountant}

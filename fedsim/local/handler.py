@@ -186,10 +186,10 @@ class ClientHandler:
         return P.train_reply(msg, record, metrics)
 
 
-def _example_dp_key(cfg) -> tuple[float, float] | None:
+def _example_dp_key(cfg) -> tuple[float, float, str] | None:
     if P.EXAMPLE_DP_NOISE not in cfg:
         return None
-    return float(cfg[P.EXAMPLE_DP_NOISE]), float(cfg[P.EXAMPLE_DP_CLIP])
+    return float(cfg[P.EXAMPLE_DP_NOISE]), float(cfg[P.EXAMPLE_DP_CLIP]), str(cfg.get(P.EXAMPLE_DP_SAMPLING, "shuffle"))
 
 
 def _error(msg: Message, reason: str) -> Message:

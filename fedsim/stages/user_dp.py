@@ -41,6 +41,11 @@ Accounting (the sampling that actually happens), every epsilon for the neighbour
 ``privacy.epsilon > 0`` to the smallest z reaching it (as ``fedsim privacy plan --epsilon`` does)
 and reports ``dp/epsilon``, the epsilon spent so far, every round.
 
+``privacy.adaptive_clip = true`` makes the clip norm track the ``privacy.target_quantile`` of the
+update norms from a noised count, with any mechanism and participation above (Andrew et al., arXiv
+1905.03871; ``stages.adaptive_clip``): the accounted multiplier z stays the one reported, and the
+updates get the z_Δ that leaves room for the count. ``privacy.clip_norm`` is then the initial norm.
+
 Note for EF21: the server clips c_i but client i keeps g_i + c_i unclipped, so once clipping is
 active the server's g is no longer the mean of the clients' g_i (exact again with S large).
 """
@@ -60,6 +65,7 @@ from ..privacy.accounting import NEIGHBOURING, REPLACE_ONE, amplified_steps, wor
 from ..privacy.mechanisms import bandwidth
 from ..privacy import (Factorization, NoiseStream, ParticipationSchema, ParticipationViolation, epsilon_after,
                        noise_multiplier_for, noise_std, plan_factorization)
+from .adaptive_clip import QuantileClip, update_noise_multiplier
 from .base import ServerStage
 
 log = logging.getLogger("fedsim")
@@ -85,7 +91,10 @@ class UserLevelDP(ServerStage):
         else:
             sens = 1.0 if self.factorization is None else self.factorization.sensitivity().value
         self.noise_multiplier = self._calibrate(privacy)
-        self.std = noise_std(self.noise_multiplier, self.clip_norm, sens)
+        self.adaptive = self._adaptive_clip(privacy, participation)
+        # with adaptive clipping the stream is per unit clip and round t's noise is scaled by C_t
+        self.std = (noise_std(self.update_multiplier, 1.0, sens) if self.adaptive
+                    else noise_std(self.noise_multiplier, self.clip_norm, sens))
         self.participated: dict[int, list[int]] = {}  # client -> 0-based rounds it was sent work in
         self.stream: NoiseStream | None = None
         log.info("user-level DP: mechanism %s, noise multiplier %.4g, noise std %.4g, sampling %.4g",
@@ -180,6 +189,20 @@ class UserLevelDP(ServerStage):
                                         accountant=self.accountant)
         return noise_multiplier_for(target, self.delta, correlated=True, accountant=self.accountant)
 
+    def _adaptive_clip(self, privacy: dict, participation) -> QuantileClip | None:
+        """Andrew et al.'s quantile-tracking clip norm (``stages.adaptive_clip``), or None."""
+        self.update_multiplier = self.noise_multiplier
+        if not privacy.get("adaptive_clip"):
+            return None
+        m = float(participation.expected_rate().sum())  # the public expected cohort size
+        count_noise = float(privacy.get("clip_count_noise") or m / 20.0)
+        # one Gaussian over the whole correlated release: a client's k participations move the counts by sqrt(k)/2
+        k = self.schema.participations if self.factorization is not None and self.cyclic_group is None else 1
+        self.update_multiplier = update_noise_multiplier(self.noise_multiplier, count_noise, k)
+        return QuantileClip(self.clip_norm, target_quantile=float(privacy.get("target_quantile", 0.5)),
+                            lr=float(privacy.get("clip_lr", 0.2)), count_noise=count_noise, expected_cohort=m,
+                            seed=self.seed)
+
     # --- rounds --------------------------------------------------------------------------------------
     def init(self, dim: int) -> None:
         f = self.factorization or plan_factorization("identity", ParticipationSchema.single(self.rounds))
@@ -203,12 +226,16 @@ class UserLevelDP(ServerStage):
     def before(self, server_round, cohort, metrics):
         if server_round > self.rounds:
             raise ValueError(f"the privacy plan covers {self.rounds} rounds, round {server_round} was asked for")
-        clipped, norms = clip_rows(cohort.updates, self.clip_norm)
+        clip = self.adaptive.norm if self.adaptive else self.clip_norm
+        clipped, norms = clip_rows(cohort.updates, clip)
         noise = self.stream.next()  # advance even for an empty cohort: round t's noise belongs to round t
         spent = self._epsilon(server_round, self.accountant)
         metrics.update({"dp/epsilon": spent, "dp/delta": self.delta, "dp/noise_multiplier": self.noise_multiplier,
-                        "dp/noise_std": self.std, "dp/clipped_fraction": float((norms > self.clip_norm).double().mean())
-                        if norms.numel() else 0.0})
+                        "dp/noise_std": self.std * clip if self.adaptive else self.std,
+                        "dp/clipped_fraction": float((norms > clip).double().mean()) if norms.numel() else 0.0})
+        if self.adaptive:
+            noise = noise * clip
+            metrics.update({"dp/clip_norm": clip, "dp/unclipped_estimate": self.adaptive.observe(server_round, norms)})
         return cohort.replace(updates=clipped), noise
 
     def _epsilon(self, rounds_done: int, accountant: str) -> float:
@@ -239,14 +266,20 @@ class UserLevelDP(ServerStage):
         return {"epsilon": both[f"epsilon_{self.accountant}"], **both, "delta": self.delta,
                 "mechanism": self.mechanism, **self.accounting(), "noise_multiplier": self.noise_multiplier,
                 "clip_norm": self.clip_norm, "noise_std": self.std,
-                "schema": None if self.schema is None else self.schema.to_dict(), "sampling": self.sampling}
+                "schema": None if self.schema is None else self.schema.to_dict(), "sampling": self.sampling,
+                **({"adaptive_clip": True, "final_clip_norm": self.adaptive.norm, "noise_std": None,
+                    "update_noise_multiplier": self.update_multiplier,
+                    "clip_count_noise": self.adaptive.count_noise} if self.adaptive else {})}
 
     # --- state ---------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"noise": self.stream.state_dict(), "participated": {c: list(h) for c, h in self.participated.items()}}
+        return {"noise": self.stream.state_dict(), "participated": {c: list(h) for c, h in self.participated.items()},
+                **({"clip": self.adaptive.state_dict()} if self.adaptive else {})}
 
     def load_state_dict(self, state: dict) -> None:
         if state:
             self.stream.load_state_dict(state["noise"])
             self.participated = {int(c): list(h) for c, h in state["participated"].items()}
+            if self.adaptive:
+                self.adaptive.load_state_dict(state["clip"])
 

@@ -37,6 +37,8 @@ ANARCHIC = {"name": "anarchic", "p": 0.7, "max_steps": 5, "speed_spread": 1.0}
     ("fedau", UNIFORM, {}, {"server_optimizer": {"name": "momentum", "momentum": 0.9}}),  # server velocity
     ("fedbuff", SLOW, {}, {**WINDOW, "privacy.user_level": True, "privacy.noise_multiplier": 0.5,
                             "privacy.accountant": "rdp"}),  # DP x async
+    ("dp-fedavg", {"name": "bernoulli", "p": 0.5}, {}, {"privacy.adaptive_clip": True, "privacy.clip_norm": 0.05, "privacy.clip_count_noise": 2.0,
+                                                       "privacy.accountant": "rdp"}),  # the adaptive clip norm
 ])
 def test_resume_continues_identically(tmp_path, tiny, name, participation, compression, extra):
     raw = tiny(**{"strategy.name": name, "participation": participation,

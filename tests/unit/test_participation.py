@@ -26,9 +26,10 @@ def _hist(num_clients: int, num_classes: int, seed: int = 123) -> np.ndarray:
 
 def _build(name: str, seed: int = 7, num_clients: int = N, **kw):
     params = {"uniform": {"clients_per_round": 10}, "fixed-epoch": {"clients_per_round": 10},
-              "anarchic": {"min_steps": 2, "max_steps": 9}}
+              "anarchic": {"min_steps": 2, "max_steps": 9}, "cyclic-poisson": {"groups": 4, "p": 0.5}}
     kw = {**params.get(name, {}), **kw}
-    label_hist = (_hist(num_clients, 10) if name not in ("full", "uniform", "fixed-epoch") and "p" not in kw
+    label_hist = (_hist(num_clients, 10) if name not in ("full", "uniform", "fixed-epoch", "cyclic-poisson")
+                  and "p" not in kw
                   else None)
     return build_participation(name, num_clients, seed=seed, label_hist=label_hist, **kw)
 
@@ -177,7 +178,8 @@ def test_load_rejects_other_model():
        mask_seed=st.integers(0, 1000))
 def test_property_masks_and_order(name, seed, n, mask_seed):
     kw = ({"clients_per_round": max(1, n // 2)} if name == "uniform" else
-          {"clients_per_round": 1} if name == "fixed-epoch" else {})
+          {"clients_per_round": 1} if name == "fixed-epoch" else {"groups": max(1, n // 3)} if name == "cyclic-poisson"
+          else {})
     model = build_participation(name, n, seed=seed, p=0.4, **kw) if name not in (
         "full", "uniform", "fixed-epoch") else build_participation(name, n, seed=seed, **kw)
     rng = np.random.default_rng(mask_seed)
