@@ -52,6 +52,7 @@ active the server's g is no longer the mean of the clients' g_i (exact again wit
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 
@@ -70,6 +71,12 @@ from .base import ServerStage
 
 log = logging.getLogger("fedsim")
 logging.getLogger("absl").setLevel(logging.ERROR)  # dp_accounting logs every RDP order it skips
+
+
+@functools.lru_cache(maxsize=8)
+def _planned(mechanism: str, schema: ParticipationSchema, bands: int | None) -> Factorization:
+    """Plans are pure: the arms and seeds of one process share them (an n = 1000 BandMF takes minutes)."""
+    return plan_factorization(mechanism, schema, **({"bands": bands} if mechanism == "banded" else {}))
 
 
 class UserLevelDP(ServerStage):
@@ -161,8 +168,7 @@ class UserLevelDP(ServerStage):
                 raise ValueError(f"factorization {path} was planned for {f.mechanism} under {f.schema.to_dict()}, "
                                  f"this run needs {self.mechanism} under {self.schema.to_dict()}")
             return f
-        bands = privacy.get("bands") or None
-        return plan_factorization(self.mechanism, self.schema, **({"bands": bands} if self.mechanism == "banded" else {}))
+        return _planned(self.mechanism, self.schema, privacy.get("bands") or None)
 
     def _check_amplifiable(self, f: Factorization) -> float:
         """Amplified BandMF needs at most b bands and column norms <= 1; -> the largest column norm."""
