@@ -28,7 +28,15 @@ def test_noise_multiplier_zero_and_a_huge_clip_is_fedavg_exactly():
     assert torch.equal(dp, plain)
 
 
-@pytest.mark.parametrize("mechanism", ["identity", "banded", "blt", "optimal", "tree"])
+@pytest.mark.parametrize("mechanism", ["identity", "tree", "tree-honaker", "sqrt-toeplitz", "optimal", "banded", "blt"])
+def test_noise_zero_and_a_huge_clip_is_the_nonprivate_run_for_every_mechanism(mechanism):
+    plain, _, _ = train(tiny_config(participation=EPOCHS, **{"strategy.weighting": "fixed"}))
+    dp, _, _ = train(tiny_config(participation=EPOCHS, **{"strategy.name": "dp-mf", "privacy.mechanism": mechanism,
+                                                          "privacy.noise_multiplier": 0.0, "privacy.clip_norm": 1e9}))
+    assert torch.equal(dp, plain)
+
+
+@pytest.mark.parametrize("mechanism", ["identity", "banded", "blt", "optimal", "tree", "tree-honaker"])
 def test_first_round_noise_is_row_0_of_the_factorizations_noise(mechanism):
     """Round 1 of a DP run minus round 1 of the noiseless run = std * (C^-1 Z)[0] / K."""
     over = {"strategy.name": "dp-mf", "privacy.mechanism": mechanism, "privacy.clip_norm": 1e9,
