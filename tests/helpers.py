@@ -55,3 +55,18 @@ def run_until(cfg, out, stop_after: int) -> None:
     finally:
         run_mod.run_rounds = original
     assert len((out / "metrics.jsonl").read_text().splitlines()) == stop_after
+
+
+def everyone_shows_up_in_round_2(raw: dict):
+    """Run round 1 of ``raw``, then change the environment under the strategy so that every client is
+    sent work in round 2; returns the call that sends it (a DP stage must refuse what breaks its plan)."""
+    from flwr.app import ConfigRecord
+
+    from fedsim.participation import build_participation
+
+    cfg, strategy, grid, arrays = federation(raw)
+    strategy.configure_train(1, arrays, ConfigRecord({}), grid)
+    strategy.in_flight.clear()
+    strategy.participation = build_participation("full", cfg.data.num_clients, seed=0)
+    strategy.participation._round = 1
+    return lambda: strategy.configure_train(2, arrays, ConfigRecord({}), grid)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 
 from .accounting import ACCOUNTANTS, NEIGHBOURING, amplified_steps, epsilon, noise_multiplier_for
@@ -204,7 +205,8 @@ def _plan_amplified(args, parser) -> int:
         candidates = sorted({1, top} | {1 << i for i in range(top.bit_length()) if 1 << i <= top})
     A = workload(n, args.momentum or 0.0, lr_schedule(n, args.lr_decay) if args.lr_decay else None)
     rows = []
-    for b in candidates:
+    for i, b in enumerate(candidates):
+        print(f"[{i + 1}/{len(candidates)}] bands {b}: planning BandMF for n={n}", file=sys.stderr, flush=True)
         k = amplified_steps(n, b)
         schema = ParticipationSchema("min-separation", n, k, b) if k > 1 else ParticipationSchema.single(n)
         fac = plan_factorization("banded", schema, A=A, bands=b, max_iter=args.max_iter)

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 from dp_accounting import pld, rdp
-from flwr.app import ConfigRecord
 
 from fedsim.cli import main
 from fedsim.config import ConfigError
@@ -19,7 +18,7 @@ from fedsim.participation import build_participation
 from fedsim.privacy import ParticipationViolation
 
 from conftest import tiny_config
-from helpers import federation, train
+from helpers import everyone_shows_up_in_round_2, federation, train
 
 CYCLIC = {"name": "cyclic-poisson", "groups": 2, "p": 0.5}  # 8 clients: 2 groups of 4
 
@@ -115,13 +114,8 @@ def test_epsilon_target_is_calibrated_with_the_amplified_accounting():
 
 
 def test_a_client_outside_the_eligible_group_stops_the_run():
-    cfg, strategy, grid, arrays = federation(dp_mf())
-    strategy.configure_train(1, arrays, ConfigRecord({}), grid)
-    strategy.in_flight.clear()
-    strategy.participation = build_participation("full", 8, seed=0)
-    strategy.participation._round = 1
     with pytest.raises(ParticipationViolation, match="cyclic group"):
-        strategy.configure_train(2, arrays, ConfigRecord({}), grid)
+        everyone_shows_up_in_round_2(dp_mf())()
 
 
 @pytest.mark.parametrize("over,match", [({"privacy.mechanism": "blt"}, "cyclic-poisson"),

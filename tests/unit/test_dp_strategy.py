@@ -6,16 +6,14 @@ import json
 import numpy as np
 import pytest
 import torch
-from flwr.app import ConfigRecord
 
 from fedsim.config import ConfigError
 from fedsim.experiments.setup import load as load_config
 from fedsim.experiments.run import run_single
-from fedsim.participation import build_participation
 from fedsim.privacy import ParticipationViolation, dense_noise, gaussian_row
 
 from conftest import tiny_config
-from helpers import federation, train
+from helpers import everyone_shows_up_in_round_2, federation, train
 
 EPOCHS = {"name": "fixed-epoch", "clients_per_round": 4}  # 8 clients: b = 2 rounds per epoch
 POISSON = {"name": "bernoulli", "p": 0.5}  # every client joins each round independently
@@ -68,14 +66,9 @@ def load_config_and_build(raw):
 
 
 def test_a_client_breaking_the_planned_pattern_stops_the_run():
-    cfg, strategy, grid, arrays = federation(tiny_config(**{"strategy.name": "dp-mf", "participation": EPOCHS}))
-    strategy.configure_train(1, arrays, ConfigRecord({}), grid)
-    strategy.in_flight.clear()
-    # The environment changes under the strategy: every client shows up every round.
-    strategy.participation = build_participation("full", 8, seed=0)
-    strategy.participation._round = 1
+    send = everyone_shows_up_in_round_2(tiny_config(**{"strategy.name": "dp-mf", "participation": EPOCHS}))
     with pytest.raises(ParticipationViolation, match="round 2: client"):
-        strategy.configure_train(2, arrays, ConfigRecord({}), grid)
+        send()
 
 
 def test_epsilon_is_reported_per_round_and_in_the_summary(tmp_path):
