@@ -35,8 +35,11 @@ def plot_curves(runs: dict[str, list[dict]], path: Path, title: str = "") -> Non
         ev = [{**r, "mb_up": uploaded[r["round"]]} for r in rows if r.get("accuracy") is not None]
         for col, xkey in enumerate(("round", "virtual_time", "mb_up")):
             xs = [r[xkey] for r in ev]
-            axes[0, col].plot(xs, [r["accuracy"] for r in ev], label=label)
-            axes[1, col].plot(xs, [r["loss"] for r in ev], label=label)
+            for row, key in enumerate(("accuracy", "loss")):
+                line, = axes[row, col].plot(xs, [r[key] for r in ev], label=label)
+                if ev and f"{key}_std" in ev[0]:  # mean of several seeds: shade ± one std
+                    axes[row, col].fill_between(xs, [r[key] - r[f"{key}_std"] for r in ev],
+                                                [r[key] + r[f"{key}_std"] for r in ev], color=line.get_color(), alpha=0.2)
             if stale:
                 axes[2, col].plot(xs, [r.get("accuracy_stale_classes") for r in ev], label=label)
     for col, xlabel in enumerate(("round", "virtual time (s)", "MB uploaded (all clients)")):
@@ -88,6 +91,18 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return mean, (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else 0.0
 
 
+def ci95(values: list[float]) -> tuple[float, float]:
+    """Two-sided 95% Student-t interval of the mean (the seeds as i.i.d. draws); (nan, nan) for one value."""
+    from scipy.stats import t
+
+    n = len(values)
+    mean, std = mean_std(values)
+    if n < 2:
+        return float("nan"), float("nan")
+    half = float(t.ppf(0.975, n - 1)) * std / n ** 0.5
+    return mean - half, mean + half
+
+
 SEED_FIELDS = ("final_accuracy", "tail_accuracy", "best_accuracy", "final_loss", "wall_seconds")
 
 
@@ -100,7 +115,7 @@ def aggregate_seeds(per_seed: dict[str, dict[int, dict]]) -> dict[str, dict]:
         for f in SEED_FIELDS:
             values = [runs[seed][f] for seed in sorted(runs)]
             mean, std = mean_std(values)
-            row[f] = {"mean": mean, "std": std, "values": values}
+            row[f] = {"mean": mean, "std": std, "ci95": list(ci95(values)), "values": values}
         for f in ("epsilon", "delta", "accountant", "mechanism", "sampling_scheme", "neighbouring"):
             if f in first:
                 row[f] = max((r[f] for r in runs.values()), key=lambda v: (v is not None, v)) if f == "epsilon" \
@@ -110,27 +125,32 @@ def aggregate_seeds(per_seed: dict[str, dict[int, dict]]) -> dict[str, dict]:
 
 
 def seed_table(aggregate: dict[str, dict]) -> str:
-    """Markdown table of mean ± std over seeds (sample std)."""
+    """Markdown table of mean ± sample std over seeds, with the final accuracy's 95% t-interval."""
     private = any("epsilon" in a for a in aggregate.values())
-    head = ("| arm | seeds | final accuracy | mean of last 5 evals | best accuracy | final loss | wall (s) |"
-            + (" ε at δ (accountant; mechanism; sampling; neighbouring) |" if private else ""))
-    lines = [head, "|" + "---|" * (7 + private)]
+    head = ("| arm | seeds | final accuracy | 95% interval | mean of last 5 evals | best accuracy | final loss | "
+            "wall (s) |" + (" ε at δ (accountant; mechanism; sampling; neighbouring) |" if private else ""))
+    lines = [head, "|" + "---|" * (8 + private)]
     for arm, a in aggregate.items():
-        cells = " | ".join(f"{a[f]['mean']:.4f} ± {a[f]['std']:.4f}" for f in SEED_FIELDS[:4])
-        line = f"| {arm} | {len(a['seeds'])} | {cells} | {a['wall_seconds']['mean']:.1f} |"
+        cells = [f"{a[f]['mean']:.4f} ± {a[f]['std']:.4f}" for f in SEED_FIELDS[:4]]
+        lo, hi = a["final_accuracy"]["ci95"]
+        cells.insert(1, f"[{lo:.4f}, {hi:.4f}]")
+        line = f"| {arm} | {len(a['seeds'])} | {' | '.join(cells)} | {a['wall_seconds']['mean']:.1f} |"
         lines.append(line + (_privacy_cell(a) if private else ""))
     return "\n".join(lines)
 
 
 def mean_rows(runs: list[list[dict]]) -> list[dict]:
-    """Rows averaged over runs of one arm (same rounds), for plotting the mean curve."""
+    """Rows averaged over runs of one arm (same rounds), for plotting the mean curve; accuracy and
+    loss also get their sample std (``accuracy_std``, ``loss_std``) for a shaded band."""
     out = []
     for rows in zip(*runs):
         row = dict(rows[0])
         for key in ("accuracy", "loss", "accuracy_stale_classes", "virtual_time", "bytes_up"):
             vals = [r.get(key) for r in rows]
             if all(v is not None for v in vals):
-                row[key] = sum(vals) / len(vals)
+                row[key], std = mean_std(vals)
+                if key in ("accuracy", "loss"):
+                    row[f"{key}_std"] = std
         out.append(row)
     return out
 

@@ -29,6 +29,8 @@ def test_each_seed_is_its_own_run_and_the_table_is_mean_and_std(tmp_path):
     assert alone["final_accuracy"] == agg["fedau"]["final_accuracy"]["values"][1]
     assert (tmp_path / "fedau" / "seed-5" / "metrics.jsonl").exists() and (tmp_path / "curves.png").exists()
     assert " ± " in lines[-1] and "mean ± sample std" in (tmp_path / "comparison.md").read_text()
+    lo, hi = agg["fedau"]["final_accuracy"]["ci95"]
+    assert lo <= agg["fedau"]["final_accuracy"]["mean"] <= hi
 
 
 def test_seeds_flag_and_bad_seeds(tmp_path, capsys):
