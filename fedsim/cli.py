@@ -1,7 +1,8 @@
 """The ``fedsim`` command line.
 
     fedsim presets
-    fedsim run PRESET_OR_TOML [--set key=value ...] [--out DIR] [--resume] [--seeds 0,1,2] [--quiet]
+    fedsim run PRESET_OR_TOML [--set key=value ...] [--out DIR] [--resume] [--seeds 0,1,2]
+        [--export csv,tensorboard] [--quiet]
     fedsim repro ef21 --dataset phishing --method ef21,ef14 [--step-multiplier 8] [--json]
     fedsim launch | server | client | certs   (the gRPC runtime, see fedsim/experiments/grpc_commands.py)
     fedsim bench runtime [--rounds N] [--skip-flower] [--json]   (see fedsim/bench/)
@@ -14,6 +15,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
@@ -40,6 +42,16 @@ def _seed_list(text: str) -> list[int]:
     return seeds
 
 
+def _export_list(text: str) -> list[str]:
+    from .experiments.export import EXPORTS
+
+    kinds = [x.strip() for x in text.split(",") if x.strip()]
+    bad = [k for k in kinds if k not in EXPORTS]
+    if not kinds or bad:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {', '.join(EXPORTS)}, got {text!r}")
+    return kinds
+
+
 def _run(args) -> int:
     from .experiments.run import run_config
     from .experiments.setup import load as load_config
@@ -47,6 +59,16 @@ def _run(args) -> int:
     cfg = load_config(args.config, args.set + ([f"seeds={args.seeds}"] if args.seeds else []))
     out = args.out or os.path.join("runs", cfg.name)
     run_config(cfg, out, resume=args.resume, progress=not args.quiet)
+    if args.export:
+        from .experiments.export import export_run
+
+        for metrics in sorted(Path(out).rglob("metrics.jsonl")):  # one per arm and seed
+            try:
+                for path in export_run(metrics.parent, args.export):
+                    print(f"exported {path}")
+            except RuntimeError as exc:  # an optional package missing: the run's own outputs are kept
+                print(f"fedsim: error: {exc}", file=sys.stderr)
+                return 2
     print(f"outputs in {out}/")
     return 0
 
@@ -61,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dotted override, e.g. --set strategy.name=afa-cs (repeatable)")
     r.add_argument("--out", help="output directory (default runs/<name>)")
     r.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    r.add_argument("--export", type=_export_list, default=[], metavar="csv,tensorboard",
+                   help="also write each run's metrics as metrics.csv and/or TensorBoard events")
     r.add_argument("--seeds", type=_seed_list, metavar="S1,S2,...",
                    help="run every arm once per seed and report mean ± std (same as --set 'seeds=[...]')")
     r.add_argument("--quiet", action="store_true", help="no progress output")

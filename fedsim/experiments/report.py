@@ -24,7 +24,7 @@ def plot_curves(runs: dict[str, list[dict]], path: Path, title: str = "") -> Non
     """Accuracy and loss against round, virtual time and total MB uploaded, one line per run, plus
     the accuracy on the slow clients' classes when the runs track it."""
     stale = any(r.get("accuracy_stale_classes") is not None for rows in runs.values() for r in rows)
-    ylabels = ["test accuracy", "test loss"] + (["accuracy on the slow clients' classes"] if stale else [])
+    ylabels = ["test accuracy", "test loss (dashed: clients' training loss)"] + (["accuracy on the slow clients' classes"] if stale else [])
     plt = _pyplot()
     fig, axes = plt.subplots(len(ylabels), 3, figsize=(15, 3.75 * len(ylabels)), squeeze=False)
     for label, rows in runs.items():
@@ -33,6 +33,7 @@ def plot_curves(runs: dict[str, list[dict]], path: Path, title: str = "") -> Non
             total += r.get("bytes_up", 0)
             uploaded[r["round"]] = total / 1e6
         ev = [{**r, "mb_up": uploaded[r["round"]]} for r in rows if r.get("accuracy") is not None]
+        trained = [{**r, "mb_up": uploaded[r["round"]]} for r in rows if r.get("train_loss") is not None]
         for col, xkey in enumerate(("round", "virtual_time", "mb_up")):
             xs = [r[xkey] for r in ev]
             for row, key in enumerate(("accuracy", "loss")):
@@ -40,6 +41,9 @@ def plot_curves(runs: dict[str, list[dict]], path: Path, title: str = "") -> Non
                 if ev and f"{key}_std" in ev[0]:  # mean of several seeds: shade ± one std
                     axes[row, col].fill_between(xs, [r[key] - r[f"{key}_std"] for r in ev],
                                                 [r[key] + r[f"{key}_std"] for r in ev], color=line.get_color(), alpha=0.2)
+                if key == "loss" and trained:  # the clients' own training loss, every round (dashed)
+                    axes[row, col].plot([r[xkey] for r in trained], [r["train_loss"] for r in trained], "--",
+                                        color=line.get_color(), alpha=0.6, linewidth=0.8)
             if stale:
                 axes[2, col].plot(xs, [r.get("accuracy_stale_classes") for r in ev], label=label)
     for col, xlabel in enumerate(("round", "virtual time (s)", "MB uploaded (all clients)")):
@@ -145,7 +149,7 @@ def mean_rows(runs: list[list[dict]]) -> list[dict]:
     out = []
     for rows in zip(*runs):
         row = dict(rows[0])
-        for key in ("accuracy", "loss", "accuracy_stale_classes", "virtual_time", "bytes_up"):
+        for key in ("accuracy", "loss", "train_loss", "accuracy_stale_classes", "virtual_time", "bytes_up"):
             vals = [r.get(key) for r in rows]
             if all(v is not None for v in vals):
                 row[key], std = mean_std(vals)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -179,7 +181,20 @@ def _summary(cfg: ExperimentConfig, rows: list[dict], wall: float) -> dict:
             "final_loss": evals[-1]["loss"], "rounds": rows[-1]["round"], "wall_seconds": round(wall, 3),
             "virtual_time": rows[-1]["virtual_time"], "bytes_up": sum(r["bytes_up"] for r in rows),
             "bytes_down": sum(r["bytes_down"] for r in rows), "seed": cfg.seed, "strategy": cfg.strategy.name,
-            "config": cfg.to_dict(), **_stale_summary(evals)}
+            "config": cfg.to_dict(), **_stale_summary(evals), "versions": _versions(), "command": shlex.join(sys.argv)}
+
+
+def _versions() -> dict:
+    """The versions a result was produced with (summary.json)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("fedsim", "torch", "flwr"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:  # e.g. run from a source tree that is not installed
+            out[pkg] = None
+    return out
 
 
 def _stale_summary(evals: list[dict]) -> dict:

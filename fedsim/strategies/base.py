@@ -192,6 +192,8 @@ class FedsimStrategy(Strategy):
                         "server/staleness_mean": float(staleness.mean()) if staleness.numel() else 0.0,
                         "server/staleness_max": int(staleness.max()) if staleness.numel() else 0,
                         "comm/bits_up": int(cohort.bits.sum())})
+        if cohort.mean_train_loss() is not None:  # what the clients report: their mean local loss
+            metrics["train_loss"] = cohort.mean_train_loss()
         if self.example_dp:
             metrics["dp/example_epsilon"] = self.example_dp.epsilon(self.directory.num_examples)
         return self.global_arrays(), MetricRecord(metrics)

@@ -32,6 +32,14 @@ class Cohort:
     local_steps: torch.Tensor   # int64 [K]
     model_round: torch.Tensor   # int64 [K], the round whose global model the client trained on
     bits: torch.Tensor          # int64 [K], uplink bits of each message (the compressor's exact count)
+    train_loss: torch.Tensor | None = None  # float64 [K], the clients' mean local training loss (NaN: not sent)
+
+    def mean_train_loss(self) -> float | None:
+        """Mean of the training losses the clients reported (None when none did)."""
+        if self.train_loss is None:
+            return None
+        sent = self.train_loss[torch.isfinite(self.train_loss)]
+        return float(sent.mean()) if sent.numel() else None
 
     def replace(self, **changes) -> "Cohort":
         return dataclasses.replace(self, **changes)
@@ -62,9 +70,9 @@ class ReplyDecoder:
                             msg.metadata.src_node_id, exc)
         if not rows:
             return Cohort.empty(self.spec.dim), rejected
-        cids, updates, n, steps, rnd, bits = zip(*rows)
+        cids, updates, n, steps, rnd, bits, loss = zip(*rows)
         return Cohort(torch.tensor(cids), torch.stack(updates), torch.tensor(n, dtype=torch.float64),
-                      torch.tensor(steps), torch.tensor(rnd), torch.tensor(bits)), rejected
+                      torch.tensor(steps), torch.tensor(rnd), torch.tensor(bits), torch.tensor(loss, dtype=torch.float64)), rejected
 
     def _read(self, server_round: int, msg: Message) -> tuple:
         if msg.has_error():
@@ -82,7 +90,9 @@ class ReplyDecoder:
         steps = int(metrics["local-steps"])
         if steps < 1:
             raise ValueError(f"local-steps must be >= 1, got {steps}")
-        return cid, update, float(metrics["num-examples"]), steps, model_round, self.message_bits(cid)
+        loss = metrics.get("train-loss")  # optional and informative only: a bad one is dropped, not the answer
+        loss = float(loss) if isinstance(loss, (int, float)) else float("nan")
+        return cid, update, float(metrics["num-examples"]), steps, model_round, self.message_bits(cid), loss
 
     def _read_update(self, cid: int, record: ArrayRecord) -> torch.Tensor:
         dense = self.dense_expected(cid)
