@@ -105,13 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError
     from .data import DatasetUnavailable
-    from .experiments.run import CheckpointError
+    from .experiments.run import CheckpointError, NoValidAnswers
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DatasetUnavailable, CheckpointError) as exc:
+    except (ConfigError, DatasetUnavailable, CheckpointError, NoValidAnswers) as exc:
         print(f"fedsim: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # e.g. `fedsim presets | head`

@@ -39,6 +39,11 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be resumed from; the run directory is left untouched."""
 
 
+class NoValidAnswers(RuntimeError):
+    """Answers arrived in a round and every one was rejected: the federation does not speak the
+    protocol (or every client misbehaves), so the run stops instead of going on with an unchanged model."""
+
+
 def run_config(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, progress: bool = True,
                echo=print) -> dict[str, dict]:
     """Run every arm of ``cfg``; returns ``{arm: summary}`` and prints a table when there are several.
@@ -148,6 +153,10 @@ def run_single(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, 
                                      "elapsed": round(time.monotonic() - t_start, 6), **clocks}) + "\n")
             timing.flush()
             bar.update(res.round, row["accuracy"], first)
+            rejections = getattr(strategy, "rejections", [])
+            if rejections and not res.metrics.get("participants"):
+                raise NoValidAnswers(f"round {res.round}: all {len(rejections)} answers were rejected, the first "
+                                     f"because {rejections[0]} (metrics up to this round are in {metrics_path})")
             if last or (cfg.checkpoint_every and res.round % cfg.checkpoint_every == 0):
                 _save(ckpt_path, cfg, res.round, strategy, grid, finished=last)
             return last

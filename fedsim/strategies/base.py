@@ -74,6 +74,7 @@ class FedsimStrategy(Strategy):
         self.params: torch.Tensor | None = None
         self.state: dict = {}  # the algorithm's state (init_state / server_update)
         self.in_flight: dict[int, int] = {}  # client id -> round it was sent work
+        self.rejections: list[str] = []  # why each answer of the last aggregated round was rejected
         self.pipeline = ServerPipeline(stages)  # server stages around server_update (user-level DP, momentum)
         self.decoder: ReplyDecoder | None = None
 
@@ -175,7 +176,7 @@ class FedsimStrategy(Strategy):
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         if self.params is None:
             raise RuntimeError("aggregate_train before configure_train: the strategy has no global model yet")
-        cohort, rejected = self.decoder.decode(server_round, list(replies))
+        cohort, self.rejections = self.decoder.decode(server_round, list(replies))
         for cid in cohort.clients.tolist():
             self.in_flight.pop(cid, None)
         if not self.asynchronous:
@@ -188,7 +189,7 @@ class FedsimStrategy(Strategy):
                                      "the previous global model and strategy state are kept (lower the learning rates)")
         self.params, self.state = new_params, new_state
         staleness = (server_round - cohort.model_round).double()
-        metrics.update({"participants": int(cohort.clients.numel()), "server/rejected": rejected,
+        metrics.update({"participants": int(cohort.clients.numel()), "server/rejected": len(self.rejections),
                         "server/staleness_mean": float(staleness.mean()) if staleness.numel() else 0.0,
                         "server/staleness_max": int(staleness.max()) if staleness.numel() else 0,
                         "comm/bits_up": int(cohort.bits.sum())})

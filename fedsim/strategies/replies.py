@@ -58,16 +58,16 @@ class ReplyDecoder:
     dense_expected: Callable[[int], bool]  # whether client cid's answer is due dense (else values + indices)
     message_bits: Callable[[int], int]     # uplink bits of client cid's answer
 
-    def decode(self, server_round: int, replies: list[Message]) -> tuple[Cohort, int]:
-        """``(cohort of the valid replies, number rejected)``."""
-        rows, rejected = [], 0
+    def decode(self, server_round: int, replies: list[Message]) -> tuple[Cohort, list[str]]:
+        """``(cohort of the valid replies, why each rejected one was rejected)``."""
+        rows, rejected = [], []
         for msg in replies:
             try:
                 rows.append(self._read(server_round, msg))
             except (KeyError, ValueError, TypeError) as exc:
-                rejected += 1
-                log.warning("round %d: rejected the answer of node %s: %s", server_round,
-                            msg.metadata.src_node_id, exc)
+                reason = f"node {msg.metadata.src_node_id}: {type(exc).__name__}: {exc}"
+                rejected.append(reason)
+                log.warning("round %d: rejected the answer of %s", server_round, reason)
         if not rows:
             return Cohort.empty(self.spec.dim), rejected
         cids, updates, n, steps, rnd, bits, loss = zip(*rows)

@@ -75,3 +75,43 @@ def test_diverging_aggregate_keeps_model_and_strategy_state():
     with pytest.raises(FloatingPointError, match="not finite"):
         strategy.aggregate_train(1, replies)
     assert torch.equal(strategy.params, params) and torch.equal(strategy.state["interval_count"], counts)
+
+
+def test_a_run_whose_answers_are_all_rejected_fails_loudly(tmp_path, capsys, monkeypatch):
+    """No exit 0 with an unchanged model: the run stops naming the first reason; the rows so far stay."""
+    import fedsim.experiments.run as run_mod
+    from fedsim.cli import main
+    from fedsim.experiments.run import NoValidAnswers, run_single
+    from fedsim.experiments.setup import load as load_config, load_client_data, make_handler
+    from fedsim.runtime.inprocess import InProcessGrid
+
+    class WrongShape:  # a client that answers in a protocol fedsim does not speak
+        def __init__(self, handler):
+            self.inner = handler
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def train(self, messages, contexts):
+            replies = self.inner.train(messages, contexts)
+            for r in replies:
+                r.content[P.UPDATE] = ArrayRecord(array_dict={P.UPDATE: Array(np.zeros(3, np.float32))})
+            return replies
+
+    cfg = load_config(tiny_config(rounds=3))
+    grid = InProcessGrid(WrongShape(make_handler(cfg, load_client_data(cfg))), 8, seed=cfg.seed)
+    with pytest.raises(NoValidAnswers, match=r"round 1: all 4 answers were rejected, the first because node \d+: "
+                                             r"ValueError: update has 3 values"):
+        run_single(cfg, tmp_path, progress=False, grid=grid)
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
+
+    def failing(cfg, out, **kw):
+        run_single(cfg, out, progress=False, grid=InProcessGrid(WrongShape(make_handler(cfg, load_client_data(cfg))),
+                                                                8, seed=cfg.seed))
+
+    monkeypatch.setattr(run_mod, "run_config", failing)
+    config = tmp_path / "tiny.toml"
+    import tomli_w
+    config.write_text(tomli_w.dumps(tiny_config(rounds=3)))
+    assert main(["run", str(config), "--out", str(tmp_path / "cli"), "--quiet"]) == 2
+    assert "all 4 answers were rejected" in capsys.readouterr().err
