@@ -51,6 +51,12 @@ class ClientConfig:
     workers: int = 1       # processes training a cohort: 1 = this one, 0 = one per CPU core (CPU only)
     device: str = "cpu"    # cpu | cuda | auto (cuda when there is one)
     clip_norm: float = 0.0  # > 0: a client stage clips each update to this L2 norm before compression
+    # the local optimizer (fedsim.local.optimizer): SGD by default
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"  # constant | exponential (lr * lr_decay^(t-1)) | cosine (over the run's rounds)
+    lr_decay: float = 0.99
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,7 @@ class StrategyConfig:
     args: dict = field(default_factory=dict)  # constructor keywords of a plug-in strategy class
     weighting: str = "num-examples"  # fedavg / ef14: num-examples | uniform | fixed (sum / expected cohort)
     cutoff: int = 100_000            # fedau: interval cutoff K
+    mu: float = 0.01                 # fedprox: proximal weight (Li et al., arXiv 1812.06127)
     m: int = 10                      # afa-cd / afa-cs: answers to wait for per round
     ef_init: str = "full"            # ef21: first message uncompressed (full) or g_i = 0 (zero)
     # asynchronous strategies (direct, weighted, fedasync, fedbuff, repair)
@@ -329,6 +336,11 @@ def validate(cfg: ExperimentConfig) -> None:
     need(cfg.client.lr > 0, "client.lr", "must be > 0")
     need(cfg.client.batch_size >= 1, "client.batch_size", "must be >= 1")
     need(cfg.client.local_steps >= 1, "client.local_steps", "must be >= 1")
+    need(0 <= cfg.client.momentum < 1, "client.momentum", f"must be in [0, 1), got {cfg.client.momentum}")
+    need(not cfg.client.nesterov or cfg.client.momentum > 0, "client.nesterov", "needs client.momentum > 0")
+    need(cfg.client.weight_decay >= 0, "client.weight_decay", f"must be >= 0, got {cfg.client.weight_decay}")
+    need(0 < cfg.client.lr_decay <= 1, "client.lr_decay", f"must be in (0, 1], got {cfg.client.lr_decay}")
+    need(cfg.strategy.mu >= 0, "strategy.mu", f"must be >= 0, got {cfg.strategy.mu}")
     need(cfg.client.clip_norm >= 0, "client.clip_norm", f"must be >= 0 (0 = off), got {cfg.client.clip_norm}")
     need(cfg.client.workers >= 0, "client.workers", f"must be >= 0 (0 = one per CPU core), got {cfg.client.workers}")
     need(cfg.client.workers == 1 or cfg.client.device != "cuda", "client.workers",

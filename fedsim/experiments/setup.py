@@ -26,6 +26,7 @@ from ..data import DATASETS, SCHEMES, Dataset, label_histogram, load_dataset, pa
 from ..local.device import DEVICES
 from ..local.handler import ClientHandler
 from ..local.vectorized import TRAINERS
+from ..local.optimizer import LR_SCHEDULES, ClientOptimizer
 from ..local.example_dp import ACCOUNTANTS as EXAMPLE_ACCOUNTANTS, SAMPLINGS as EXAMPLE_SAMPLINGS
 from ..models import MODELS, build_model, seeded
 from ..participation import PARTICIPATION, build_participation
@@ -97,6 +98,7 @@ def check(cfg: ExperimentConfig) -> None:
     else:
         one_of("model.name", cfg.model.name, MODELS)
     one_of("client.trainer", cfg.client.trainer, TRAINERS)
+    one_of("client.lr_schedule", cfg.client.lr_schedule, LR_SCHEDULES)
     one_of("client.device", cfg.client.device, DEVICES)
     one_of("participation.name", cfg.participation["name"], PARTICIPATION)
     one_of("compression.name", cfg.compression.name, COMPRESSORS)
@@ -112,7 +114,23 @@ def check(cfg: ExperimentConfig) -> None:
     _check_server_optimizer(cfg.server_optimizer)
     row = strategy_row(cfg)
     _check_keys_read(cfg, row)
+    _check_client_optimizer(cfg, row)
     _check_user_level_dp(effective(cfg, row), row)
+
+
+CLIENT_OPTIMIZER_KEYS = ("momentum", "nesterov", "weight_decay", "lr_schedule")
+
+
+def _check_client_optimizer(cfg: ExperimentConfig, row: StrategyRow) -> None:
+    """Strategies whose server rule assumes plain local SGD at a constant rate refuse the rest."""
+    default = type(cfg.client)()
+    changed = [k for k in CLIENT_OPTIMIZER_KEYS if getattr(cfg.client, k) != getattr(default, k)]
+    if changed and row.plain_client_sgd:
+        raise ConfigError(f"config key 'client.{changed[0]}': strategy '{cfg.strategy.name}' assumes plain local "
+                          "SGD at a constant rate (its server step or replay uses client.lr)")
+    if cfg.privacy.example_dp and "prox_mu" in row.reads:
+        raise ConfigError("config key 'strategy.mu': example-level DP (privacy.example_dp) does not support "
+                          "the proximal term")
 
 
 def _check_server_optimizer(opt: dict) -> None:
@@ -247,9 +265,12 @@ def make_strategy(cfg: ExperimentConfig, data: ClientData) -> FedsimStrategy:
     kwargs.update(cfg.strategy.args)
     try:
         stages = make_stages(cfg, participation, row)
-        return row.cls(participation, local_lr=cfg.client.lr, batch_size=cfg.client.batch_size, seed=cfg.seed,
+        c = cfg.client
+        optimizer = ClientOptimizer(momentum=c.momentum, nesterov=c.nesterov, weight_decay=c.weight_decay)
+        return row.cls(participation, local_lr=c.lr, batch_size=c.batch_size, seed=cfg.seed,
                        server_lr=cfg.strategy.server_lr, compression=dataclasses.asdict(cfg.compression),
-                       example_dp=_example_dp(cfg), stages=stages, client_clip=cfg.client.clip_norm, **kwargs)
+                       example_dp=_example_dp(cfg), stages=stages, client_clip=c.clip_norm,
+                       client_optimizer=optimizer, lr_schedule=(c.lr_schedule, c.lr_decay, cfg.rounds), **kwargs)
     except (ValueError, TypeError) as exc:  # e.g. a participation model the privacy plan cannot account for
         raise ConfigError(f"strategy {cfg.strategy.name}: {exc}") from None
 

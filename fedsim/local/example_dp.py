@@ -87,7 +87,11 @@ def train_cohort_dp(gsm: nn.Module, spec: ParamSpec, global_params: torch.Tensor
         poisson = dp.sampling == "poisson"
         expected = min(job.batch_size, job.indices.numel()) if poisson else job.batch_size  # q·n_i
         draw = poisson_minibatches if poisson else minibatches
-        opt = DPOptimizer(torch.optim.SGD(gsm.parameters(), lr=job.lr), noise_multiplier=dp.noise_multiplier,
+        if job.opt.prox_mu:
+            raise ValueError("example-level DP does not support the proximal term (prox-mu)")
+        sgd = torch.optim.SGD(gsm.parameters(), lr=job.lr, momentum=job.opt.momentum, nesterov=job.opt.nesterov,
+                              weight_decay=job.opt.weight_decay)
+        opt = DPOptimizer(sgd, noise_multiplier=dp.noise_multiplier,
                           max_grad_norm=dp.clip_norm, expected_batch_size=expected, generator=noise)
         total, seen = 0.0, 0
         for idx in draw(job.indices, job.local_steps, job.batch_size, gen):

@@ -27,6 +27,7 @@ from ..core import afa
 from ..core.params import ParamSpec
 from ..runtime import protocol as P
 from .example_dp import ExampleDP, private_copy, train_cohort_dp
+from .optimizer import ClientOptimizer
 from .device import resolve_device
 from .client_rows import ClientRows
 from .pool import WorkerPool, resolve_workers
@@ -171,7 +172,7 @@ class ClientHandler:
         if dp is not None:
             ExampleDP(*dp)  # validates
         seed = job_seed(int(cfg["seed"]), int(cfg["server-round"]), cid)
-        return Job(cid, self.parts[cid], steps, lr, batch, seed)
+        return Job(cid, self.parts[cid], steps, lr, batch, seed, ClientOptimizer.from_config(cfg))
 
     def _reply(self, msg: Message, job: Job, delta: torch.Tensor, loss: float) -> Message:
         cfg = msg.content[P.CONFIG]

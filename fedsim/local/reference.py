@@ -1,8 +1,8 @@
 """Reference client trainer: the plain per-client loop.
 
 ``train_cohort(global_params, cohort) -> stacked updates [K, D]``. Each client starts from the same
-global vector, runs its own number of local SGD steps (no momentum, no weight decay) on minibatches
-drawn from its own data, and returns ``Delta_i = y_i - x``. Minibatches are drawn by reshuffling the
+global vector, runs its own number of local SGD steps (plain, or with momentum, weight decay and a
+proximal term: ``fedsim.local.optimizer``) on minibatches drawn from its own data, and returns ``Delta_i = y_i - x``. Minibatches are drawn by reshuffling the
 client's indices each pass with a ``torch.Generator`` seeded per (run seed, round, client), so a
 client's result does not depend on which other clients share its cohort or in which order they run.
 This loop is the oracle a vectorized trainer has to match.
@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..core.params import ParamSpec
+from .optimizer import ClientOptimizer
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class Job:
     lr: float
     batch_size: int
     seed: int
+    opt: ClientOptimizer = ClientOptimizer()  # plain SGD unless the server asks for more
 
 
 def job_seed(run_seed: int, server_round: int, client: int) -> int:
@@ -52,6 +54,19 @@ def minibatches(indices: torch.Tensor, steps: int, batch_size: int, gen: torch.G
     return out
 
 
+def _direction(opt: ClientOptimizer, p: torch.Tensor, g: torch.Tensor, anchor, buf) -> torch.Tensor:
+    """The step direction of ``fedsim.local.optimizer`` (updates the momentum buffer in place)."""
+    d = g
+    if opt.weight_decay:
+        d = d + opt.weight_decay * p
+    if opt.prox_mu:
+        d = d + opt.prox_mu * (p - anchor)
+    if buf is None:
+        return d
+    buf.mul_(opt.momentum).add_(d)
+    return d + opt.momentum * buf if opt.nesterov else buf
+
+
 def train_cohort(model: nn.Module, spec: ParamSpec, global_params: torch.Tensor, jobs: list[Job], data
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Train each job from ``global_params`` [D]; returns ``(deltas [K, D], mean train loss [K])``.
@@ -69,12 +84,17 @@ def train_cohort(model: nn.Module, spec: ParamSpec, global_params: torch.Tensor,
         gen = torch.Generator().manual_seed(job.seed)
         total = torch.zeros((), dtype=torch.float64, device=device)  # no host sync per step
         params = [p for p in model.parameters()]
+        opt = job.opt
+        anchors = [p.detach().clone() for p in params] if opt.prox_mu else None
+        bufs = [torch.zeros_like(p) for p in params] if opt.momentum else None
         for idx in minibatches(job.indices, job.local_steps, job.batch_size, gen):
             x, y = data.take(idx)
             loss = F.cross_entropy(model(x.to(device)), y.to(device))
             grads = torch.autograd.grad(loss, params)
             with torch.no_grad():
-                for p, g in zip(params, grads):
+                for i, (p, g) in enumerate(zip(params, grads)):
+                    if not opt.plain:
+                        g = _direction(opt, p, g, anchors[i] if anchors else None, bufs[i] if bufs else None)
                     p.sub_(job.lr * g)
             total += loss.detach().double()
         deltas[k] = spec.flatten(model.state_dict()) - global_params

@@ -9,10 +9,10 @@ size and in number of local steps (anarchic participation), so:
   largest batch of the step with zero-weight rows; the loss is the weighted mean over real rows;
 - a client that has finished its steps is masked out (its parameters stop changing).
 
-Per-client optimizer state: fedsim's client optimizer is plain SGD (no momentum, no weight decay;
-``reference.train_cohort``), which has none, so the stacked parameters are the only per-client
-tensors. (An optimizer with state, e.g. momentum, would need its buffers stacked ``[K, *shape]`` and
-masked like the parameters.) The result matches
+Per-client optimizer state: with plain SGD the stacked parameters are the only per-client tensors;
+with momentum (``fedsim.local.optimizer``) each client's buffers are stacked ``[K, *shape]`` too, and
+momentum, Nesterov, weight decay and the proximal weight are per-client vectors [K]. A finished
+client's step is scaled by 0, so its parameters stop changing. The result matches
 ``reference.train_cohort`` up to float round-off of the batched kernels (tested to 1e-5).
 Models with buffers (e.g. BatchNorm statistics) are not supported here; ``train`` falls back to the
 reference loop for them.
@@ -57,12 +57,30 @@ def train_cohort_vectorized(model: nn.Module, spec: ParamSpec, global_params: to
         return (per_row * w).sum() / w.sum().clamp(min=1.0), per_row
 
     step_grad = vmap(grad(loss_fn, has_aux=True))
+    plain = all(j.opt.plain for j in jobs)
+    if not plain:
+        def per_client(attr):
+            return torch.tensor([float(getattr(j.opt, attr)) for j in jobs], dtype=global_params.dtype, device=device)
+
+        mom, wd, mu, nest = (per_client(a) for a in ("momentum", "weight_decay", "prox_mu", "nesterov"))
+        anchors = {n: p.clone() for n, p in params.items()}
+        bufs = {n: torch.zeros_like(p) for n, p in params.items()}
     model.train()
     for s in range(int(steps.max())):
         active = steps > s
         x, y, w = _stack_step(batches, s, data, device)
         grads, per_row = step_grad(params, x, y, w)
         scale = (lr * active.to(lr.dtype))
+        if not plain:  # the direction of fedsim.local.optimizer, client by client
+            def col(v, p):
+                return v.view(-1, *([1] * (p.ndim - 1)))
+
+            dirs = {}
+            for n, p in params.items():
+                d = grads[n] + col(wd, p) * p + col(mu, p) * (p - anchors[n])
+                bufs[n] = col(mom, p) * bufs[n] + d
+                dirs[n] = torch.where(col(nest, p) > 0, d + col(mom, p) * bufs[n], bufs[n])
+            grads = dirs
         params = {n: p - scale.view(-1, *([1] * (p.ndim - 1))) * grads[n] for n, p in params.items()}
         batch_loss = (per_row.detach() * w).sum(1) / w.sum(1).clamp(min=1.0)
         loss_sum += torch.where(active, batch_loss.double(), torch.zeros_like(loss_sum))

@@ -35,6 +35,7 @@ CLIENT_CLIP = "client-clip"  # > 0: the client clips its update to this L2 norm 
 FEEDBACKS = ("none", "ef21", "ef14")
 EF_INITS = ("full", "zero")
 EXAMPLE_DP_NOISE, EXAMPLE_DP_CLIP = "example-dp-noise", "example-dp-clip"
+MOMENTUM, NESTEROV, WEIGHT_DECAY, PROX_MU = "momentum", "nesterov", "weight-decay", "prox-mu"  # local optimizer
 EXAMPLE_DP_SAMPLING = "example-dp-sampling"  # poisson | shuffle (absent: shuffle, the older protocol)
 
 

@@ -24,6 +24,7 @@ state, participation RNG) is returned by ``state_dict`` and restored by ``load_s
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable
 
@@ -34,6 +35,7 @@ from flwr.serverapp.strategy import Strategy
 
 from ..core.compression import Compressor, make_compressor
 from ..core.params import ParamSpec
+from ..local.optimizer import ClientOptimizer, lr_at
 from ..runtime import protocol as P
 from ..runtime.directory import ClientDirectory
 from ..stages import ServerPipeline
@@ -55,7 +57,9 @@ class FedsimStrategy(Strategy):
     feedback = "none"     # client-side error feedback the strategy asks for: none | ef21 | ef14
 
     def __init__(self, participation, *, local_lr: float, batch_size: int, seed: int, server_lr: float = 1.0,
-                 compression: dict | None = None, example_dp: dict | None = None, stages=(), client_clip: float = 0.0):
+                 compression: dict | None = None, example_dp: dict | None = None, stages=(), client_clip: float = 0.0,
+                 client_optimizer: ClientOptimizer | None = None, lr_schedule: tuple[str, float, int] | None = None,
+                 prox_mu: float = 0.0):
         if local_lr <= 0 or server_lr <= 0 or batch_size < 1:
             raise ValueError(f"need local_lr > 0, server_lr > 0, batch_size >= 1; got {local_lr}, {server_lr}, {batch_size}")
         if not client_clip >= 0:
@@ -66,6 +70,10 @@ class FedsimStrategy(Strategy):
         self.participation = participation
         self.num_clients = participation.num_clients
         self.local_lr, self.batch_size, self.seed, self.server_lr = local_lr, batch_size, seed, server_lr
+        # the clients' local optimizer (momentum, weight decay, FedProx's mu) and the lr schedule
+        self.client_optimizer = dataclasses.replace(client_optimizer or ClientOptimizer(), prox_mu=float(prox_mu)) \
+            if prox_mu else (client_optimizer or ClientOptimizer())
+        self.lr_schedule = lr_schedule or ("constant", 1.0, 1)  # (schedule, decay, rounds of the run)
         # clients run DP-SGD (Opacus); the ledger counts the steps each was asked for
         self.example_dp = None if not example_dp else ExampleDPLedger(self.num_clients, batch_size=batch_size,
                                                                         **example_dp)
@@ -125,6 +133,10 @@ class FedsimStrategy(Strategy):
         """Uplink bits of client ``cid``'s answer, counted from what the server asked it to send."""
         return self.compressor.bits
 
+    def lr_for(self, server_round: int) -> float:
+        """The local learning rate sent in ``server_round``'s TRAIN messages (``client.lr_schedule``)."""
+        return lr_at(self.local_lr, *self.lr_schedule[:2], server_round, self.lr_schedule[2])
+
     def uplink_config(self) -> dict:
         """The client stages every TRAIN message asks for: clip, then compress (with error feedback)."""
         clip = {P.CLIENT_CLIP: self.client_clip} if self.client_clip > 0 else {}
@@ -158,9 +170,9 @@ class FedsimStrategy(Strategy):
         available = torch.ones(self.num_clients, dtype=torch.bool)
         available[list(self.in_flight)] = False
         plan = self.participation.sample(server_round, available.numpy())
-        base = {**dict(config), "server-round": server_round, "lr": self.local_lr, "batch-size": self.batch_size,
+        base = {**dict(config), "server-round": server_round, "lr": self.lr_for(server_round), "batch-size": self.batch_size,
                 "seed": self.seed, "update-kind": self.update_kind, **self.uplink_config(),
-                **(self.example_dp.client_config() if self.example_dp else {})}
+                **self.client_optimizer.config(), **(self.example_dp.client_config() if self.example_dp else {})}
         messages = []
         for cid, steps, latency in zip(plan.clients.tolist(), plan.local_steps.tolist(), plan.latency.tolist()):
             cfg = {**base, "local-steps": int(steps), P.SIM_LATENCY: float(latency)}

@@ -32,6 +32,7 @@ class StrategyRow:
     fixed: dict = field(default_factory=dict)    # constructor keywords the row pins
     implies: dict = field(default_factory=dict)  # dotted config key -> value an alias sets
     description: str = ""
+    plain_client_sgd: bool = False  # the server rule assumes plain local SGD at client.lr (AFA, EF21, repair)
 
     @property
     def asynchronous(self) -> bool:
@@ -55,12 +56,15 @@ STRATEGIES: dict[str, StrategyRow] = {
                           description="FedAvg with a server rate (arXiv 1602.05629, 2003.00295)"),
     "fedau": StrategyRow(FedAUStrategy, {"cutoff": "strategy.cutoff"},
                          description="FedAU participation-interval weights (arXiv 2306.03401)"),
-    "afa-cd": StrategyRow(AFACDStrategy, dict(_ROUNDS),
+    "fedprox": StrategyRow(FedAvgStrategy, {"weighting": "strategy.weighting", "prox_mu": "strategy.mu"},
+                           description="FedProx: FedAvg with the proximal term mu/2 ||w - w_t||^2 in each "
+                                       "client's objective (Li et al., MLSys 2020, arXiv 1812.06127, Alg. 2)"),
+    "afa-cd": StrategyRow(AFACDStrategy, dict(_ROUNDS), plain_client_sgd=True,
                           description="anarchic FedAvg, current answers (arXiv 2108.09875, Alg. 1)"),
-    "afa-cs": StrategyRow(AFACSStrategy, dict(_ROUNDS),
+    "afa-cs": StrategyRow(AFACSStrategy, dict(_ROUNDS), plain_client_sgd=True,
                           description="anarchic FedAvg, every worker's latest answer (arXiv 2108.09875, Alg. 2)"),
     "ef21": StrategyRow(EF21Strategy, {"ef_init": "strategy.ef_init", "local_steps": "client.local_steps"},
-                        description="EF21 error feedback (arXiv 2106.05203)"),
+                        plain_client_sgd=True, description="EF21 error feedback (arXiv 2106.05203)"),
     "ef14": StrategyRow(EF14Strategy, {"weighting": "strategy.weighting"},
                         description="classic error feedback (arXiv 1809.07599)"),
     "direct": StrategyRow(DirectStrategy, dict(_ROUNDS), description="stale answers as if fresh"),
@@ -73,7 +77,7 @@ STRATEGIES: dict[str, StrategyRow] = {
                                              "max_staleness": "strategy.max_staleness"},
                            description="FedBuff (arXiv 2106.06639)"),
     "repair": StrategyRow(RepairStrategy, {**_ROUNDS, "history": "strategy.history", "repair": "repair"},
-                          needs=("model", "input_shape", "box"),
+                          needs=("model", "input_shape", "box"), plain_client_sgd=True,
                           description="staleness repair by gradient inversion (arXiv 2309.13536)"),
     # aliases: FedAvg with a fixed denominator plus the user-level DP stage
     "dp-fedavg": StrategyRow(FedAvgStrategy, fixed={"weighting": "fixed"},
