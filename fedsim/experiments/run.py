@@ -154,7 +154,7 @@ def run_single(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, 
             timing.flush()
             bar.update(res.round, row["accuracy"], first)
             rejections = getattr(strategy, "rejections", [])
-            if rejections and not res.metrics.get("participants"):
+            if rejections and not res.participants:
                 raise NoValidAnswers(f"round {res.round}: all {len(rejections)} answers were rejected, the first "
                                      f"because {rejections[0]} (metrics up to this round are in {metrics_path})")
             if last or (cfg.checkpoint_every and res.round % cfg.checkpoint_every == 0):

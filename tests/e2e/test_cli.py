@@ -63,7 +63,7 @@ def test_run_writes_metrics_summary_and_plot(tmp_path, config_file):
 
 @pytest.mark.parametrize("override, message", [
     ("strategy.nmae=fedau", "unknown config key 'strategy.nmae'"),
-    ("strategy.name=fedprox", "config key 'strategy.name' must be one of"),
+    ("strategy.name=fedfancy", "config key 'strategy.name' must be one of"),
     ("rounds=zero", "config key 'rounds' must be an integer"),
     ("data.partition=weird", "config key 'data.partition' must be one of"),
     ("participation.name=sometimes", "config key 'participation.name' must be one of"),

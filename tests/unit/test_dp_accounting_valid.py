@@ -84,3 +84,17 @@ def test_a_run_calibrates_like_the_privacy_planner(accountant):
 def test_unknown_accountant_is_named():
     with pytest.raises(ConfigError, match="config key 'privacy.accountant' must be one of"):
         load(tiny_config(**{"privacy.accountant": "moments"}))
+
+
+@pytest.mark.parametrize("accountant", ["pld", "rdp"])
+@pytest.mark.parametrize("mechanism", ["banded", "tree-honaker"])
+def test_fixed_epoch_dp_mf_is_one_gaussian_release(tmp_path, accountant, mechanism):
+    """(k, b) = (2, 2) fixed-epoch order over all 4 rounds: the whole correlated release is one
+    Gaussian with multiplier z relative to C's sensitivity (no composition, no amplification)."""
+    raw = tiny_config(rounds=4, eval_every=4, participation={"name": "fixed-epoch", "clients_per_round": 4},
+                      **{"strategy.name": "dp-mf", "privacy.mechanism": mechanism, "privacy.noise_multiplier": 1.3,
+                         "privacy.accountant": accountant})
+    summary = run_single(load(raw), tmp_path, progress=False)
+    assert summary["sampling_scheme"] == "fixed-epoch (k=2, b=2)"
+    assert summary["epsilon"] == pytest.approx(_reference(dp_accounting.GaussianDpEvent(1.3), 1e-5, accountant),
+                                               rel=1e-3)

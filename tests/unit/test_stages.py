@@ -20,7 +20,7 @@ POISSON = {"participation": {"name": "bernoulli", "p": 0.5}}  # the sampling use
 ASYNC = {"participation": {"name": "uniform", "clients_per_round": 3, "speed_spread": 1.0},
          "strategy.round_time": 0.6}
 # every strategy the DP stage can wrap, with what it needs to run
-DP_ABLE = {"fedavg": {"strategy.weighting": "fixed", **POISSON}, "ef14": {"strategy.weighting": "fixed", **POISSON},
+DP_ABLE = {"fedavg": {"strategy.weighting": "fixed", **POISSON}, "fedprox": {"strategy.weighting": "fixed", **POISSON}, "ef14": {"strategy.weighting": "fixed", **POISSON},
            "fedau": POISSON, "ef21": {"compression": {"name": "top-k", "density": 0.3}, **POISSON},
            "fedbuff": {**ASYNC, "strategy.buffer_size": 2}}
 
@@ -107,7 +107,7 @@ def test_server_momentum_zero_is_the_plain_step_and_beta_accumulates():
     ({"strategy.round_time": 1.0}, "config key 'strategy.round_time' is not read by strategy 'fedavg'"),
     ({"strategy.name": "fedau", "strategy.buffer_size": 3}, "config key 'strategy.buffer_size' is not read"),
     ({"repair.iterations": 3}, "config key 'repair.iterations' is not read by strategy 'fedavg' \\(it is read by repair\\)"),
-    ({"server_optimizer": {"name": "adam"}}, "config key 'server_optimizer.name' must be one of"),
+    ({"server_optimizer": {"name": "lamb"}}, "config key 'server_optimizer.name' must be one of"),
     ({"server_optimizer": {"name": "momentum", "beta": 0.9}}, "config key 'server_optimizer.beta' is not read"),
 ])
 def test_keys_the_strategy_does_not_read_are_errors(over, message):
