@@ -141,6 +141,7 @@ class ExperimentConfig:
     seed: int = 0
     seeds: list = field(default_factory=list)  # > 1 entries: every arm once per seed, mean ± std (overrides seed)
     eval_every: int = 5
+    eval_clients: bool = False  # also evaluate on every client's own data: mean and worst-10% client accuracy
     checkpoint_every: int = 10
     threads: int = 1
     data: DataConfig = field(default_factory=DataConfig)

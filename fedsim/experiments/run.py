@@ -24,7 +24,7 @@ from flwr.app import ArrayRecord
 
 from ..config import ConfigError, ExperimentConfig, arm_configs
 from ..core.params import ParamSpec
-from ..local.evaluate import evaluate_classes
+from ..local.evaluate import client_accuracy, evaluate_classes
 from ..runtime.grid import as_fedsim_grid
 from ..runtime.inprocess import InProcessGrid
 from ..runtime.loop import RoundResult, run_rounds
@@ -142,6 +142,8 @@ def run_single(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, 
                 ev = evaluate_classes(eval_model, spec, strategy.params, data.dataset.test, limit=limit,
                                       classes=slow_classes)
                 row.update(loss=ev["loss"], accuracy=ev["accuracy"])
+                if cfg.eval_clients:
+                    row.update(client_accuracy(eval_model, spec, strategy.params, data.dataset.train, data.parts))
                 if slow_classes is not None:
                     row["accuracy_stale_classes"] = ev["accuracy_classes"]
             clocks = {k: v for k, v in res.metrics.items() if k.startswith("time/")}  # wall clock: timing.jsonl
@@ -190,7 +192,8 @@ def _summary(cfg: ExperimentConfig, rows: list[dict], wall: float) -> dict:
             "final_loss": evals[-1]["loss"], "rounds": rows[-1]["round"], "wall_seconds": round(wall, 3),
             "virtual_time": rows[-1]["virtual_time"], "bytes_up": sum(r["bytes_up"] for r in rows),
             "bytes_down": sum(r["bytes_down"] for r in rows), "seed": cfg.seed, "strategy": cfg.strategy.name,
-            "config": cfg.to_dict(), **_stale_summary(evals), "versions": _versions(), "command": shlex.join(sys.argv)}
+            "config": cfg.to_dict(), **_stale_summary(evals),
+            **{k: evals[-1][k] for k in ("client_accuracy_mean", "client_accuracy_worst10") if k in evals[-1]}, "versions": _versions(), "command": shlex.join(sys.argv)}
 
 
 def _versions() -> dict:

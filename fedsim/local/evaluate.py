@@ -39,3 +39,21 @@ def evaluate_classes(model: nn.Module, spec: ParamSpec, params: torch.Tensor, sp
             sub_n += int(mask.sum())
     return {"loss": loss_sum / n, "accuracy": correct / n,
             "accuracy_classes": sub_correct / sub_n if sub_n else None}
+
+
+@torch.no_grad()
+def client_accuracy(model: nn.Module, spec: ParamSpec, params: torch.Tensor, split, parts, *,
+                    batch_size: int = 1000) -> dict[str, float]:
+    """The global model on each client's own training data: ``{"client_accuracy_mean",
+    "client_accuracy_worst10"}`` (the mean over clients, and the mean over the worst 10% of them, at
+    least one); one pass over the split. Clients without data are left out."""
+    model.load_state_dict(spec.unflatten(params))
+    model.eval()
+    hit = torch.zeros(len(split), dtype=torch.bool)
+    for start in range(0, len(split), batch_size):
+        idx = torch.arange(start, min(start + batch_size, len(split)))
+        x, y = split.take(idx)
+        hit[idx] = model(x).argmax(dim=1) == y
+    acc = torch.tensor([float(hit[torch.as_tensor(p, dtype=torch.int64)].double().mean()) for p in parts if len(p)])
+    worst = torch.sort(acc).values[:max(1, len(acc) // 10)]
+    return {"client_accuracy_mean": float(acc.mean()), "client_accuracy_worst10": float(worst.mean())}

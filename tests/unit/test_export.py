@@ -57,3 +57,30 @@ def test_export_flag(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["run", "digits-smoke", "--export", "parquet"])
     assert "--export" in capsys.readouterr().err
+
+
+def test_per_client_evaluation(tmp_path):
+    import torch
+
+    from fedsim.experiments.setup import load_client_data, make_model
+    from fedsim.local.evaluate import client_accuracy
+    from fedsim.core.params import ParamSpec
+
+    cfg = load_config(tiny_config(rounds=2, eval_every=1, eval_clients=True))
+    summary = run_single(cfg, tmp_path, progress=False)
+    row = rows(tmp_path)[-1]
+    assert 0 <= row["client_accuracy_worst10"] <= row["client_accuracy_mean"] <= 1
+    assert summary["client_accuracy_mean"] == row["client_accuracy_mean"]
+    # by hand, on the initial model: accuracy on each client's rows, the worst one (8 clients: 10% = 1)
+    data = load_client_data(cfg)
+    model = make_model(cfg, data.dataset)
+    spec = ParamSpec.of(model)
+    out = client_accuracy(model, spec, spec.flatten(model.state_dict()), data.dataset.train, data.parts)
+    model.eval()
+    accs = []
+    with torch.no_grad():
+        for p in data.parts:
+            x, y = data.dataset.train.take(torch.as_tensor(p, dtype=torch.int64))
+            accs.append(float((model(x).argmax(1) == y).double().mean()))
+    assert out["client_accuracy_mean"] == pytest.approx(sum(accs) / len(accs))
+    assert out["client_accuracy_worst10"] == pytest.approx(min(accs))
