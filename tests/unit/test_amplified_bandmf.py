@@ -84,14 +84,14 @@ def test_epsilon_cli_argument_errors(capsys, args, name):
 
 
 def test_planner_picks_the_bands_with_least_error(capsys):
-    assert main(["privacy", "plan", "--mechanism", "banded-amplified", "--steps", "24", "--cohort-fraction", "0.125",
+    assert main(["privacy", "plan", "--mechanism", "banded-amplified", "--steps", "12", "--cohort-fraction", "0.25",
                  "--epsilon", "4", "--delta", "1e-5", "--accountant", "rdp", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert [c["bands"] for c in out["candidates"]] == [1, 2, 4, 8]
+    assert [c["bands"] for c in out["candidates"]] == [1, 2, 4]
     assert out["rmse"] == min(c["rmse"] for c in out["candidates"])
     one = out["candidates"][0]  # b = 1: the identity factor, DP-SGD's error sigma * sqrt(mean_t t+1)
-    assert one["rmse_per_unit_noise"] == pytest.approx(np.sqrt(np.mean(np.arange(1, 25))), rel=1e-9)
-    assert dp_sgd_epsilon(one["noise_multiplier"], 0.125, 24, 1e-5, "rdp") <= 4.0
+    assert one["rmse_per_unit_noise"] == pytest.approx(np.sqrt(np.mean(np.arange(1, 13))), rel=1e-9)
+    assert dp_sgd_epsilon(one["noise_multiplier"], 0.25, 12, 1e-5, "rdp") <= 4.0
 
 
 def dp_mf(**over):
@@ -102,15 +102,16 @@ def test_a_run_is_accounted_as_dp_sgd_over_ceil_n_over_b_steps(tmp_path):
     summary = run_single(load_config(dp_mf(**{"privacy.noise_multiplier": 1.1, "rounds": 5})), tmp_path,
                          progress=False)
     dp = summary  # the DP stage's fields are top-level in summary.json
-    assert dp["sampling_scheme"] == "2-cyclic poisson (q=0.5), amplified BandMF"
+    assert dp["sampling_scheme"] == "2-cyclic poisson (q=0.5), amplified BandMF" and dp["accountant"] == "pld"
     assert dp["epsilon"] == pytest.approx(dp_sgd_epsilon(1.1, 0.5, 3, 1e-5), rel=1e-6)
+    assert dp["epsilon_rdp"] == pytest.approx(dp_sgd_epsilon(1.1, 0.5, 3, 1e-5, "rdp"), rel=1e-6)
     assert dp["noise_std"] == pytest.approx(1.1 * dp["clip_norm"])  # one participation: sensitivity 1
 
 
 def test_epsilon_target_is_calibrated_with_the_amplified_accounting():
-    _, _, strategy = train(dp_mf(**{"privacy.epsilon": 6.0, "rounds": 4}))
+    _, _, strategy = train(dp_mf(**{"privacy.epsilon": 6.0, "privacy.accountant": "rdp", "rounds": 4}))
     sigma = strategy.pipeline.stages[0].noise_multiplier
-    assert dp_sgd_epsilon(sigma, 0.5, 2, 1e-5) <= 6.0 < dp_sgd_epsilon(sigma * 0.999, 0.5, 2, 1e-5)
+    assert dp_sgd_epsilon(sigma, 0.5, 2, 1e-5, "rdp") <= 6.0 < dp_sgd_epsilon(sigma * 0.999, 0.5, 2, 1e-5, "rdp")
 
 
 def test_a_client_outside_the_eligible_group_stops_the_run():
