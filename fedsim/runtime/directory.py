@@ -72,6 +72,7 @@ class ClientDirectory:
         self.num_clients = num_clients
         self.node_of = ClientMap(num_clients, np.uint64)  # client id -> node id
         self.num_examples = ClientMap(num_clients)  # client id -> training examples (as the node reported)
+        self.refused: set[int] = set()  # nodes that answered the QUERY with an error (no partition id)
 
     @property
     def complete(self) -> bool:
@@ -102,14 +103,28 @@ class ClientDirectory:
             if not unknown or (left <= 0 and timeout):
                 break
             self._query(grid, unknown, max(left, 1.0) if timeout else None)
-            if timeout is None or self.complete:
+            if timeout is None or self.complete or self.refused.issuperset(unknown):
                 break
             time.sleep(0.5)
             node_ids = list(grid.get_node_ids())
+        self._number_the_refusing(node_ids)
         if not self.complete:
             missing = np.flatnonzero(~self.node_of.known)
             raise RuntimeError(f"{missing.size} of {self.num_clients} clients are not connected "
                                f"(first missing ids: {missing[:10].tolist()})")
+
+    def _number_the_refusing(self, node_ids: list[int]) -> None:
+        """A standard Flower ClientApp has no QUERY handler, so it never names its client: when the
+        nodes that refused are exactly as many as the clients still unknown, the clients are numbered
+        in ascending node-id order (stable for the run; each node is then one client)."""
+        missing = np.flatnonzero(~self.node_of.known)
+        refused = sorted(n for n in self.refused if n in set(node_ids))
+        if missing.size and len(refused) == missing.size:
+            log.warning("%d nodes did not say which client they host (no QUERY handler); clients %d.. are "
+                        "numbered by node id", len(refused), int(missing[0]))
+            for cid, node in zip(missing.tolist(), refused):
+                self.node_of[cid] = node
+            self.refused.clear()
 
     def _query(self, grid, nodes: list[int], timeout: float | None) -> None:
         msgs = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
@@ -121,14 +136,20 @@ class ClientDirectory:
             replies = grid.send_and_receive(msgs, timeout=timeout)
         for reply in replies:
             if reply.has_error():
-                log.warning("node %s did not say which client it hosts: %s", reply.metadata.src_node_id,
-                            reply.error.reason)
+                log.info("node %s did not say which client it hosts: %s", reply.metadata.src_node_id,
+                         reply.error.reason)
+                self.refused.add(int(reply.metadata.src_node_id))
                 continue
             metrics = reply.content[P.METRICS]
             cid = int(metrics["partition-id"])
             self.add(reply.metadata.src_node_id, cid)
             if "num-examples" in metrics:
                 self.num_examples[cid] = int(metrics["num-examples"])
+
+    def client_of(self, node_id: int) -> int | None:
+        """The client ``node_id`` hosts (reverse lookup), or None."""
+        hit = np.flatnonzero(self.node_of.known & (self.node_of.array == np.uint64(node_id)))
+        return int(hit[0]) if hit.size else None
 
     def add(self, node_id: int, client: int) -> None:
         if not 0 <= client < self.num_clients:

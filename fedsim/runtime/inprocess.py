@@ -17,7 +17,8 @@ import itertools
 from collections.abc import Iterable
 
 import numpy as np
-from flwr.app import Context, Message, MessageType, RecordDict
+from flwr.app import Context, Error, Message, MessageType, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
@@ -43,10 +44,19 @@ class AppHandler:
         self.app = app
 
     def query(self, msg: Message, context: Context) -> Message:
-        return self.app(msg, context)
+        return self._call(msg, context)
 
     def train(self, messages, contexts) -> list[Message]:
-        return [self.app(m, c) for m, c in zip(messages, contexts)]
+        return [self._call(m, c) for m, c in zip(messages, contexts)]
+
+    def _call(self, msg: Message, context: Context) -> Message:
+        """The app's reply; an exception (e.g. no handler for QUERY) becomes an error reply, as
+        Flower's runtimes send back when a ClientApp raises."""
+        try:
+            return self.app(msg, context)
+        except Exception as exc:  # noqa: BLE001 - the client's failure is the server's information
+            return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"{type(exc).__name__}: {exc}"),
+                           reply_to=msg)
 
     def num_examples(self) -> None:
         return None

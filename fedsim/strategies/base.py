@@ -256,5 +256,5 @@ class FedsimStrategy(Strategy):
             self.state = self.init_state(self.spec.dim)
             self.pipeline.init(self.spec.dim)
             self.decoder = ReplyDecoder(self.spec, self.compressor, self.directory, self.dense_expected,
-                                        self.message_bits)
+                                        self.message_bits, None if self.asynchronous else lambda: self.params)
         self.params = self.spec.flatten(state)

@@ -1,5 +1,11 @@
 """Decoding the clients' replies of a round into a ``Cohort`` of flat tensors.
 
+Two reply forms are read: fedsim's (the update under ``update``, with ``partition-id``,
+``server-round``, ``local-steps`` and ``num-examples`` metrics) and a standard Flower ClientApp's
+(the trained weights under ``arrays`` and ``num-examples``; synchronous strategies only: the update
+is the weights minus the model sent, the client is the node's, the round is the current one and
+local-steps counts as 1).
+
 Malformed replies are rejected one by one, naming the reason in the log, and never reach the
 strategy: error replies, a missing or non-numeric metric, NaN/Inf or wrong-shaped updates, a sparse
 update where a dense one is due (or the reverse), a claimed round in the future, fewer than one local
@@ -57,6 +63,7 @@ class ReplyDecoder:
     directory: ClientDirectory
     dense_expected: Callable[[int], bool]  # whether client cid's answer is due dense (else values + indices)
     message_bits: Callable[[int], int]     # uplink bits of client cid's answer
+    sent_model: Callable[[], torch.Tensor] | None = None  # synchronous strategies: the model this round sent
 
     def decode(self, server_round: int, replies: list[Message]) -> tuple[Cohort, list[str]]:
         """``(cohort of the valid replies, why each rejected one was rejected)``."""
@@ -78,21 +85,40 @@ class ReplyDecoder:
         if msg.has_error():
             raise ValueError(f"client error: {msg.error.reason}")
         metrics = msg.content[P.METRICS]
-        cid = int(metrics["partition-id"])
-        if self.directory.node_of.get(cid) != msg.metadata.src_node_id:
-            raise ValueError(f"node {msg.metadata.src_node_id} answered for client {cid}, which it does not host")
-        update = self._read_update(cid, msg.content[P.UPDATE])
+        node = msg.metadata.src_node_id
+        if "partition-id" in metrics:
+            cid = int(metrics["partition-id"])
+        elif (cid := self.directory.client_of(node)) is None:  # a standard ClientApp: the node is the client
+            raise ValueError(f"node {node} sent no partition-id and hosts no known client")
+        if self.directory.node_of.get(cid) != node:
+            raise ValueError(f"node {node} answered for client {cid}, which it does not host")
+        if P.UPDATE in msg.content.array_records:
+            update = self._read_update(cid, msg.content[P.UPDATE])
+        else:
+            update = self._full_weights(cid, msg.content[P.ARRAYS])
         if not torch.isfinite(update).all():
             raise ValueError("update contains NaN or Inf")
-        model_round = int(metrics["server-round"])
+        model_round = int(metrics.get("server-round", server_round))  # Flower's ClientApps do not say
         if not 0 < model_round <= server_round:
             raise ValueError(f"update claims to be computed on round {model_round} (now {server_round})")
-        steps = int(metrics["local-steps"])
+        steps = int(metrics.get("local-steps", 1))
         if steps < 1:
             raise ValueError(f"local-steps must be >= 1, got {steps}")
         loss = metrics.get("train-loss")  # optional and informative only: a bad one is dropped, not the answer
         loss = float(loss) if isinstance(loss, (int, float)) else float("nan")
         return cid, update, float(metrics["num-examples"]), steps, model_round, self.message_bits(cid), loss
+
+    def _full_weights(self, cid: int, record: ArrayRecord) -> torch.Tensor:
+        """Flower's convention: the trained model under ``arrays``; the update is it minus the model sent."""
+        if self.sent_model is None:
+            raise ValueError("full-weight answers (under 'arrays') need a synchronous strategy; send an 'update'")
+        if not self.dense_expected(cid):
+            raise ValueError(f"client {cid} sent full weights where a {self.compressor.name} update is due")
+        try:
+            weights = self.spec.flatten(record.to_torch_state_dict())
+        except Exception as exc:  # noqa: BLE001 - missing or foreign tensors: a named rejection
+            raise ValueError(f"the weights under 'arrays' do not fit the model: {exc}") from None
+        return weights.float() - self.sent_model()
 
     def _read_update(self, cid: int, record: ArrayRecord) -> torch.Tensor:
         dense = self.dense_expected(cid)
