@@ -67,6 +67,9 @@ class StrategyConfig:
     weighting: str = "num-examples"  # fedavg / ef14: num-examples | uniform | fixed (sum / expected cohort)
     cutoff: int = 100_000            # fedau: interval cutoff K
     mu: float = 0.01                 # fedprox: proximal weight (Li et al., arXiv 1812.06127)
+    trim: float = 0.2                # fedtrimmedavg: fraction cut at each end of every coordinate
+    byzantine: int = 0               # krum: assumed Byzantine clients f
+    keep: int = 0                    # krum: 0 = Krum, m > 0 = Multi-Krum over the m best
     m: int = 10                      # afa-cd / afa-cs: answers to wait for per round
     ef_init: str = "full"            # ef21: first message uncompressed (full) or g_i = 0 (zero)
     # asynchronous strategies (direct, weighted, fedasync, fedbuff, repair)

@@ -8,7 +8,8 @@ from .fedau import FedAUStrategy
 from .fedavg import FedAvgStrategy
 from .registry import STRATEGIES, StrategyRow
 from .repair import RepairStrategy
+from .robust import RobustStrategy
 
 __all__ = ["STRATEGIES", "StrategyRow", "AFACDStrategy", "AFACSStrategy", "AsyncStrategy", "DirectStrategy",
-           "FedAsyncStrategy", "FedBuffStrategy", "RepairStrategy", "WeightedStrategy", "Cohort", "EF14Strategy",
+           "FedAsyncStrategy", "FedBuffStrategy", "RepairStrategy", "RobustStrategy", "WeightedStrategy", "Cohort", "EF14Strategy",
            "EF21Strategy", "FedAUStrategy", "FedAvgStrategy", "FedsimStrategy"]

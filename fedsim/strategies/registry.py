@@ -22,6 +22,7 @@ from .error_feedback import EF14Strategy, EF21Strategy
 from .fedau import FedAUStrategy
 from .fedavg import FedAvgStrategy
 from .repair import RepairStrategy
+from .robust import RobustStrategy
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,13 @@ STRATEGIES: dict[str, StrategyRow] = {
     "fedprox": StrategyRow(FedAvgStrategy, {"weighting": "strategy.weighting", "prox_mu": "strategy.mu"},
                            description="FedProx: FedAvg with the proximal term mu/2 ||w - w_t||^2 in each "
                                        "client's objective (Li et al., MLSys 2020, arXiv 1812.06127, Alg. 2)"),
+    "fedmedian": StrategyRow(RobustStrategy, fixed={"rule": "median"},
+                             description="coordinate-wise median of the updates (arXiv 1803.01498; Flower's rule)"),
+    "fedtrimmedavg": StrategyRow(RobustStrategy, {"trim": "strategy.trim"}, fixed={"rule": "trimmed-mean"},
+                                 description="coordinate-wise trimmed mean (arXiv 1803.01498; Flower's rule)"),
+    "krum": StrategyRow(RobustStrategy, {"byzantine": "strategy.byzantine", "keep": "strategy.keep"},
+                        fixed={"rule": "krum"}, description="Krum / Multi-Krum (Blanchard et al., NeurIPS 2017; "
+                                                            "Flower's rule)"),
     "afa-cd": StrategyRow(AFACDStrategy, dict(_ROUNDS), plain_client_sgd=True,
                           description="anarchic FedAvg, current answers (arXiv 2108.09875, Alg. 1)"),
     "afa-cs": StrategyRow(AFACSStrategy, dict(_ROUNDS), plain_client_sgd=True,
