@@ -51,9 +51,7 @@ def run_config(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, 
     out = Path(out)
     if len(cfg.seeds) > 1:
         return run_seeds(cfg, out, resume=resume, progress=progress, echo=echo)
-    if cfg.seeds:
-        cfg = dataclasses.replace(cfg, seed=cfg.seeds[0], seeds=[])
-    arms = arm_configs(cfg)
+    arms = _arms_with_seed(cfg, cfg.seeds[0]) if cfg.seeds else arm_configs(cfg)
     if len(arms) == 1:
         (arm, arm_cfg), = arms.items()
         summary = run_single(arm_cfg, out, resume=resume, progress=progress)
@@ -80,8 +78,7 @@ def run_seeds(cfg: ExperimentConfig, out: Path, *, resume: bool = False, progres
     Returns the aggregate ``{arm: {field: {mean, std, values}}}``."""
     per_seed: dict[str, dict[int, dict]] = {}
     for seed in cfg.seeds:
-        for arm, arm_cfg in arm_configs(dataclasses.replace(cfg, seed=seed, seeds=[])).items():
-            arm_cfg = dataclasses.replace(arm_cfg, seed=seed, seeds=[])
+        for arm, arm_cfg in _arms_with_seed(cfg, seed).items():
             per_seed.setdefault(arm, {})[seed] = run_single(arm_cfg, out / arm / f"seed-{seed}", resume=resume,
                                                             progress=progress, label=f"{arm} seed {seed}")
     agg = aggregate_seeds(per_seed)
@@ -94,6 +91,12 @@ def run_seeds(cfg: ExperimentConfig, out: Path, *, resume: bool = False, progres
                  for arm in per_seed}, out / "curves.png", f"{cfg.name} (mean of {len(cfg.seeds)} seeds)")
     echo(table)
     return agg
+
+
+def _arms_with_seed(cfg: ExperimentConfig, seed: int) -> dict[str, ExperimentConfig]:
+    """Every arm of ``cfg`` run with ``seed`` (each arm's config was resolved at load time, so the seed is
+    set on the arms, not on the base)."""
+    return {arm: dataclasses.replace(arm_cfg, seed=seed, seeds=[]) for arm, arm_cfg in arm_configs(cfg).items()}
 
 
 def run_single(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, progress: bool = True,
@@ -193,7 +196,8 @@ def _summary(cfg: ExperimentConfig, rows: list[dict], wall: float) -> dict:
             "virtual_time": rows[-1]["virtual_time"], "bytes_up": sum(r["bytes_up"] for r in rows),
             "bytes_down": sum(r["bytes_down"] for r in rows), "seed": cfg.seed, "strategy": cfg.strategy.name,
             "config": cfg.to_dict(), **_stale_summary(evals),
-            **{k: evals[-1][k] for k in ("client_accuracy_mean", "client_accuracy_worst10") if k in evals[-1]}, "versions": _versions(), "command": shlex.join(sys.argv)}
+            **{k: evals[-1][k] for k in ("client_accuracy_mean", "client_accuracy_worst10") if k in evals[-1]},
+            "versions": _versions(), "command": shlex.join(sys.argv)}
 
 
 def _versions() -> dict:

@@ -39,3 +39,11 @@ def test_seeds_flag_and_bad_seeds(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["run", "quickstart", "--seeds", "1,x"])
     assert "--seeds" in capsys.readouterr().err
+
+
+def test_a_single_seed_reaches_every_arm(tmp_path):
+    """seeds = [s] runs each arm once with seed s (arms are resolved at load time, before the seed)."""
+    raw = tiny_config(rounds=2, eval_every=1, seeds=[5],
+                      arms={"fedavg": {"strategy": {"name": "fedavg"}}, "fedau": {"strategy": {"name": "fedau"}}})
+    summaries = run_config(load_config(raw), tmp_path, progress=False, echo=lambda _: None)
+    assert {arm: s["seed"] for arm, s in summaries.items()} == {"fedavg": 5, "fedau": 5}
