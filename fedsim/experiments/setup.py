@@ -19,7 +19,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from ..config import ConfigError, ExperimentConfig, PrivacyConfig, load_config
+from ..config import ConfigError, ExperimentConfig, load_config
 from ..core.compression import COMPRESSORS
 from ..core.staleness import STALENESS_FUNCTIONS
 from ..data import DATASETS, SCHEMES, Dataset, label_histogram, load_dataset, partition
@@ -123,8 +123,7 @@ CLIENT_OPTIMIZER_KEYS = ("momentum", "nesterov", "weight_decay", "lr_schedule")
 
 def _check_client_optimizer(cfg: ExperimentConfig, row: StrategyRow) -> None:
     """Strategies whose server rule assumes plain local SGD at a constant rate refuse the rest."""
-    default = type(cfg.client)()
-    changed = [k for k in CLIENT_OPTIMIZER_KEYS if getattr(cfg.client, k) != getattr(default, k)]
+    changed = _changed(cfg.client, CLIENT_OPTIMIZER_KEYS)
     if changed and row.plain_client_sgd:
         raise ConfigError(f"config key 'client.{changed[0]}': strategy '{cfg.strategy.name}' assumes plain local "
                           "SGD at a constant rate (its server step or replay uses client.lr)")
@@ -150,15 +149,20 @@ def _check_keys_read(cfg: ExperimentConfig, row: StrategyRow) -> None:
         raise ConfigError(f"config key 'strategy.args' is for plug-in strategies ('package.module:Class'); "
                           f"'{name}' takes its settings from strategy.* keys")
     for section in OWNED_SECTIONS:
-        value, default = getattr(cfg, section), type(getattr(cfg, section))()
-        for f in dataclasses.fields(value):
-            key = f"{section}.{f.name}"
+        for field in _changed(getattr(cfg, section)):
+            key = f"{section}.{field}"
             if key in COMMON_KEYS or key in reads or section in reads:
                 continue
-            if getattr(value, f.name) != getattr(default, f.name):
-                readers = [n for n, r in STRATEGIES.items() if key in r.keys() or section in r.keys()]
-                raise ConfigError(f"config key '{key}' is not read by strategy '{name}'"
-                                  + (f" (it is read by {', '.join(readers)})" if readers else ""))
+            readers = [n for n, r in STRATEGIES.items() if key in r.keys() or section in r.keys()]
+            raise ConfigError(f"config key '{key}' is not read by strategy '{name}'"
+                              + (f" (it is read by {', '.join(readers)})" if readers else ""))
+
+
+def _changed(section, keys: tuple[str, ...] | None = None) -> list[str]:
+    """The fields of a config section (``keys``, default all, in order) set away from their defaults."""
+    default = type(section)()
+    names = keys if keys is not None else [f.name for f in dataclasses.fields(section)]
+    return [k for k in names if getattr(section, k) != getattr(default, k)]
 
 
 # privacy keys that only mean something with user-level (resp. example-level) DP on; clip_norm,
@@ -169,13 +173,12 @@ EXAMPLE_LEVEL_ONLY = ("example_noise_multiplier", "example_clip_norm", "example_
 
 
 def _check_user_level_dp(cfg: ExperimentConfig, row: StrategyRow) -> None:
-    default = PrivacyConfig()
     for keys, switch in ((USER_LEVEL_ONLY, "user_level"), (EXAMPLE_LEVEL_ONLY, "example_dp")):
-        for key in keys:
-            if not getattr(cfg.privacy, switch) and getattr(cfg.privacy, key) != getattr(default, key):
-                raise ConfigError(f"config key 'privacy.{key}' is set but privacy.{switch} is off"
-                                  + (" (use strategy dp-fedavg or dp-mf, or privacy.user_level = true)"
-                                     if switch == "user_level" else ""))
+        changed = [] if getattr(cfg.privacy, switch) else _changed(cfg.privacy, keys)
+        if changed:
+            raise ConfigError(f"config key 'privacy.{changed[0]}' is set but privacy.{switch} is off"
+                              + (" (use strategy dp-fedavg or dp-mf, or privacy.user_level = true)"
+                                 if switch == "user_level" else ""))
     if not cfg.privacy.user_level:
         return
     if not row.user_level_dp:

@@ -26,10 +26,7 @@ def evaluate_classes(model: nn.Module, spec: ParamSpec, params: torch.Tensor, sp
     n = len(split) if limit is None else min(limit, len(split))
     wanted = None if classes is None else torch.tensor(sorted(classes), dtype=torch.int64)
     loss_sum, correct, sub_correct, sub_n = 0.0, 0, 0, 0
-    for start in range(0, n, batch_size):
-        idx = torch.arange(start, min(start + batch_size, n))
-        x, y = split.take(idx)
-        logits = model(x)
+    for _, logits, y in _logits(model, split, n, batch_size):
         loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
         hit = logits.argmax(dim=1) == y
         correct += int(hit.sum())
@@ -50,10 +47,16 @@ def client_accuracy(model: nn.Module, spec: ParamSpec, params: torch.Tensor, spl
     model.load_state_dict(spec.unflatten(params))
     model.eval()
     hit = torch.zeros(len(split), dtype=torch.bool)
-    for start in range(0, len(split), batch_size):
-        idx = torch.arange(start, min(start + batch_size, len(split)))
-        x, y = split.take(idx)
-        hit[idx] = model(x).argmax(dim=1) == y
+    for idx, logits, y in _logits(model, split, len(split), batch_size):
+        hit[idx] = logits.argmax(dim=1) == y
     acc = torch.tensor([float(hit[torch.as_tensor(p, dtype=torch.int64)].double().mean()) for p in parts if len(p)])
     worst = torch.sort(acc).values[:max(1, len(acc) // 10)]
     return {"client_accuracy_mean": float(acc.mean()), "client_accuracy_worst10": float(worst.mean())}
+
+
+def _logits(model: nn.Module, split, n: int, batch_size: int):
+    """``(row indices, logits, labels)`` of the first ``n`` rows of ``split``, batch by batch."""
+    for start in range(0, n, batch_size):
+        idx = torch.arange(start, min(start + batch_size, n))
+        x, y = split.take(idx)
+        yield idx, model(x), y

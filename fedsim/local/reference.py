@@ -2,7 +2,8 @@
 
 ``train_cohort(global_params, cohort) -> stacked updates [K, D]``. Each client starts from the same
 global vector, runs its own number of local SGD steps (plain, or with momentum, weight decay and a
-proximal term: ``fedsim.local.optimizer``) on minibatches drawn from its own data, and returns ``Delta_i = y_i - x``. Minibatches are drawn by reshuffling the
+proximal term: ``fedsim.local.optimizer``) on minibatches drawn from its own data, and returns
+``Delta_i = y_i - x``. Minibatches are drawn by reshuffling the
 client's indices each pass with a ``torch.Generator`` seeded per (run seed, round, client), so a
 client's result does not depend on which other clients share its cohort or in which order they run.
 This loop is the oracle a vectorized trainer has to match.

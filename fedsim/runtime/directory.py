@@ -118,7 +118,7 @@ class ClientDirectory:
         nodes that refused are exactly as many as the clients still unknown, the clients are numbered
         in ascending node-id order (stable for the run; each node is then one client)."""
         missing = np.flatnonzero(~self.node_of.known)
-        refused = sorted(n for n in self.refused if n in set(node_ids))
+        refused = sorted(self.refused.intersection(node_ids))
         if missing.size and len(refused) == missing.size:
             log.warning("%d nodes did not say which client they host (no QUERY handler); clients %d.. are "
                         "numbered by node id", len(refused), int(missing[0]))

@@ -71,8 +71,8 @@ class FedsimStrategy(Strategy):
         self.num_clients = participation.num_clients
         self.local_lr, self.batch_size, self.seed, self.server_lr = local_lr, batch_size, seed, server_lr
         # the clients' local optimizer (momentum, weight decay, FedProx's mu) and the lr schedule
-        self.client_optimizer = dataclasses.replace(client_optimizer or ClientOptimizer(), prox_mu=float(prox_mu)) \
-            if prox_mu else (client_optimizer or ClientOptimizer())
+        optimizer = client_optimizer or ClientOptimizer()
+        self.client_optimizer = dataclasses.replace(optimizer, prox_mu=float(prox_mu)) if prox_mu else optimizer
         self.lr_schedule = lr_schedule or ("constant", 1.0, 1)  # (schedule, decay, rounds of the run)
         # clients run DP-SGD (Opacus); the ledger counts the steps each was asked for
         self.example_dp = None if not example_dp else ExampleDPLedger(self.num_clients, batch_size=batch_size,
@@ -170,7 +170,8 @@ class FedsimStrategy(Strategy):
         available = torch.ones(self.num_clients, dtype=torch.bool)
         available[list(self.in_flight)] = False
         plan = self.participation.sample(server_round, available.numpy())
-        base = {**dict(config), "server-round": server_round, "lr": self.lr_for(server_round), "batch-size": self.batch_size,
+        base = {**dict(config), "server-round": server_round, "lr": self.lr_for(server_round),
+                "batch-size": self.batch_size,
                 "seed": self.seed, "update-kind": self.update_kind, **self.uplink_config(),
                 **self.client_optimizer.config(), **(self.example_dp.client_config() if self.example_dp else {})}
         messages = []
@@ -205,8 +206,9 @@ class FedsimStrategy(Strategy):
                         "server/staleness_mean": float(staleness.mean()) if staleness.numel() else 0.0,
                         "server/staleness_max": int(staleness.max()) if staleness.numel() else 0,
                         "comm/bits_up": int(cohort.bits.sum())})
-        if cohort.mean_train_loss() is not None:  # what the clients report: their mean local loss
-            metrics["train_loss"] = cohort.mean_train_loss()
+        train_loss = cohort.mean_train_loss()  # what the clients report: their mean local loss
+        if train_loss is not None:
+            metrics["train_loss"] = train_loss
         if self.example_dp:
             metrics["dp/example_epsilon"] = self.example_dp.epsilon(self.directory.num_examples)
         return self.global_arrays(), MetricRecord(metrics)
