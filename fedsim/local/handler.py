@@ -4,7 +4,8 @@
 hands it every message of a round; a Flower ClientApp hands it one) and answers QUERY messages with
 the partition id the node hosts. It only decodes messages and calls the local trainer: the training
 algorithm lives in ``fedsim.local.reference``, the worker-side AFA rule in ``fedsim.core.afa`` and
-the uplink compression / error feedback (with its per-client state) in ``fedsim.local.uplink``.
+the uplink compression / error feedback (with its per-client state) in ``fedsim.local.uplink``; SCAFFOLD's
+client control variates c_i are kept here (``controls``).
 
 Where training runs: on ``device`` (``client.device``, ``fedsim.local.device``) in this process, or,
 with ``workers > 1`` (``client.workers``, CPU only), split over forked worker processes
@@ -34,9 +35,11 @@ from .pool import WorkerPool, resolve_workers
 from .reference import Job, job_seed
 from .vectorized import TRAINERS, train
 from .uplink import Uplink, UplinkSpec
+from .client_state import ClientStateStore
 
 BAD_REQUEST = 400
 UPLINK_STATE = "fedsim.uplink"
+CONTROL_STATE = "fedsim.control"
 
 
 def partition_id(context: Context) -> int:
@@ -66,6 +69,7 @@ class ClientHandler:
         self.data = train_split
         self.parts = ClientRows(parts)
         self.uplink = Uplink(len(self.parts), self.spec.dim)
+        self.controls = ClientStateStore(len(self.parts), self.spec.dim)  # SCAFFOLD's c_i
         self._gsm = None  # Opacus wrapper of a model copy, built on first example-level DP job
         self._pool: WorkerPool | None = None  # forked on the first cohort when workers > 1
 
@@ -80,25 +84,30 @@ class ClientHandler:
         return self.parts.sizes()
 
     def state_dict(self) -> dict:
-        """Client-side state that outlives a round (error-feedback vectors)."""
-        return {"uplink": self.uplink.store.state_dict()}
+        """Client-side state that outlives a round (error-feedback vectors, SCAFFOLD's c_i)."""
+        return {"uplink": self.uplink.store.state_dict(), "control": self.controls.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.uplink.store.load_state_dict(state["uplink"])
+        if "control" in state:  # checkpoints from before SCAFFOLD have none
+            self.controls.load_state_dict(state["control"])
 
     @contextmanager
     def client_state(self, context: Context):
         """Load the hosted client's state from ``context.state`` and write it back afterwards: under
         Flower's runtimes the node Context, not this (possibly re-created) handler, is what persists."""
         cid = partition_id(context)
-        if UPLINK_STATE in context.state.array_records:
-            self.uplink.store.from_record(cid, context.state.array_records[UPLINK_STATE])
+        stores = ((UPLINK_STATE, self.uplink.store), (CONTROL_STATE, self.controls))
+        for key, store in stores:
+            if key in context.state.array_records:
+                store.from_record(cid, context.state.array_records[key])
         try:
             yield
         finally:
-            record = self.uplink.store.to_record(cid)
-            if record is not None:
-                context.state[UPLINK_STATE] = record
+            for key, store in stores:
+                record = store.to_record(cid)
+                if record is not None:
+                    context.state[key] = record
 
     def query(self, msg: Message, context: Context) -> Message:
         cid = partition_id(context)
@@ -171,14 +180,29 @@ class ClientHandler:
         dp = _example_dp_key(cfg)
         if dp is not None:
             ExampleDP(*dp)  # validates
+            if P.CONTROL in msg.content.array_records:
+                raise ValueError("example-level DP training does not apply SCAFFOLD's control variates")
         seed = job_seed(int(cfg["seed"]), int(cfg["server-round"]), cid)
-        return Job(cid, self.parts[cid], steps, lr, batch, seed, ClientOptimizer.from_config(cfg))
+        return Job(cid, self.parts[cid], steps, lr, batch, seed, ClientOptimizer.from_config(cfg),
+                   self._correction(msg, cid))
+
+    def _correction(self, msg: Message, cid: int) -> torch.Tensor | None:
+        """SCAFFOLD: c - c_i when the message carries the server control variate c (c_i = 0 at first)."""
+        if P.CONTROL not in msg.content.array_records:
+            return None
+        c = P.read_flat(msg.content[P.CONTROL])
+        if c.shape != (self.spec.dim,) or not torch.isfinite(c).all():
+            raise ValueError(f"the control variate must be {self.spec.dim} finite values")
+        own = self.controls.get(cid)
+        return c if own is None else c - own
 
     def _reply(self, msg: Message, job: Job, delta: torch.Tensor, loss: float) -> Message:
         cfg = msg.content[P.CONFIG]
         update = delta
         if cfg.get("update-kind", P.UPDATE_DELTA) == P.UPDATE_MEAN_GRADIENT:
             update = afa.mean_gradient(delta, torch.tensor(job.local_steps), job.lr)
+        if job.correction is not None:  # SCAFFOLD option II: c_i+ = c_i - c + (x - y_i) / (K lr)
+            self.controls.set(job.client, -job.correction - delta / (job.local_steps * job.lr))
         uplink = UplinkSpec.from_config(cfg, self.spec.dim, self.spec.sizes)
         record = P.flat_record(update) if uplink is None else self.uplink.encode(uplink, job.client, update, job.seed)
         metrics = {"num-examples": self._size(job.client), "partition-id": job.client,

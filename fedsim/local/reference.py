@@ -2,7 +2,7 @@
 
 ``train_cohort(global_params, cohort) -> stacked updates [K, D]``. Each client starts from the same
 global vector, runs its own number of local SGD steps (plain, or with momentum, weight decay and a
-proximal term: ``fedsim.local.optimizer``) on minibatches drawn from its own data, and returns
+proximal term: ``fedsim.local.optimizer``; with SCAFFOLD's drift correction) on minibatches drawn from its own data, and returns
 ``Delta_i = y_i - x``. Minibatches are drawn by reshuffling the
 client's indices each pass with a ``torch.Generator`` seeded per (run seed, round, client), so a
 client's result does not depend on which other clients share its cohort or in which order they run.
@@ -30,6 +30,7 @@ class Job:
     batch_size: int
     seed: int
     opt: ClientOptimizer = ClientOptimizer()  # plain SGD unless the server asks for more
+    correction: torch.Tensor | None = None  # SCAFFOLD's c - c_i [D], added to every step's direction
 
 
 def job_seed(run_seed: int, server_round: int, client: int) -> int:
@@ -55,17 +56,18 @@ def minibatches(indices: torch.Tensor, steps: int, batch_size: int, gen: torch.G
     return out
 
 
-def _direction(opt: ClientOptimizer, p: torch.Tensor, g: torch.Tensor, anchor, buf) -> torch.Tensor:
-    """The step direction of ``fedsim.local.optimizer`` (updates the momentum buffer in place)."""
+def _direction(opt: ClientOptimizer, p: torch.Tensor, g: torch.Tensor, anchor, buf, correction) -> torch.Tensor:
+    """The step direction of ``fedsim.local.optimizer`` (updates the momentum buffer in place), plus
+    SCAFFOLD's drift correction c - c_i after the momentum (see ``fedsim.strategies.scaffold``)."""
     d = g
     if opt.weight_decay:
         d = d + opt.weight_decay * p
     if opt.prox_mu:
         d = d + opt.prox_mu * (p - anchor)
-    if buf is None:
-        return d
-    buf.mul_(opt.momentum).add_(d)
-    return d + opt.momentum * buf if opt.nesterov else buf
+    if buf is not None:
+        buf.mul_(opt.momentum).add_(d)
+        d = d + opt.momentum * buf if opt.nesterov else buf
+    return d if correction is None else d + correction
 
 
 def train_cohort(model: nn.Module, spec: ParamSpec, global_params: torch.Tensor, jobs: list[Job], data
@@ -88,14 +90,19 @@ def train_cohort(model: nn.Module, spec: ParamSpec, global_params: torch.Tensor,
         opt = job.opt
         anchors = [p.detach().clone() for p in params] if opt.prox_mu else None
         bufs = [torch.zeros_like(p) for p in params] if opt.momentum else None
+        corrections = None  # by parameter name: the spec also lists buffers (BatchNorm statistics)
+        if job.correction is not None:
+            named = spec.unflatten(job.correction.to(device))
+            corrections = [named[n] for n, _ in model.named_parameters()]
         for idx in minibatches(job.indices, job.local_steps, job.batch_size, gen):
             x, y = data.take(idx)
             loss = F.cross_entropy(model(x.to(device)), y.to(device))
             grads = torch.autograd.grad(loss, params)
             with torch.no_grad():
                 for i, (p, g) in enumerate(zip(params, grads)):
-                    if not opt.plain:
-                        g = _direction(opt, p, g, anchors[i] if anchors else None, bufs[i] if bufs else None)
+                    if not opt.plain or corrections is not None:
+                        g = _direction(opt, p, g, anchors[i] if anchors else None, bufs[i] if bufs else None,
+                                       corrections[i] if corrections else None)
                     p.sub_(job.lr * g)
             total += loss.detach().double()
         deltas[k] = spec.flatten(model.state_dict()) - global_params

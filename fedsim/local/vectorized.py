@@ -11,7 +11,8 @@ size and in number of local steps (anarchic participation), so:
 
 Per-client optimizer state: with plain SGD the stacked parameters are the only per-client tensors;
 with momentum (``fedsim.local.optimizer``) each client's buffers are stacked ``[K, *shape]`` too, and
-momentum, Nesterov, weight decay and the proximal weight are per-client vectors [K]. A finished
+momentum, Nesterov, weight decay and the proximal weight are per-client vectors [K], and SCAFFOLD's
+drift corrections are stacked ``[K, *shape]``. A finished
 client's step is scaled by 0, so its parameters stop changing. The result matches
 ``reference.train_cohort`` up to float round-off of the batched kernels (tested to 1e-5).
 Models with buffers (e.g. BatchNorm statistics) are not supported here; ``train`` falls back to the
@@ -57,7 +58,8 @@ def train_cohort_vectorized(model: nn.Module, spec: ParamSpec, global_params: to
         return (per_row * w).sum() / w.sum().clamp(min=1.0), per_row
 
     step_grad = vmap(grad(loss_fn, has_aux=True))
-    plain = all(j.opt.plain for j in jobs)
+    corrected = [j for j in jobs if j.correction is not None]
+    plain = all(j.opt.plain for j in jobs) and not corrected
     if not plain:
         def per_client(attr):
             return torch.tensor([float(getattr(j.opt, attr)) for j in jobs], dtype=global_params.dtype, device=device)
@@ -65,6 +67,11 @@ def train_cohort_vectorized(model: nn.Module, spec: ParamSpec, global_params: to
         mom, wd, mu, nest = (per_client(a) for a in ("momentum", "weight_decay", "prox_mu", "nesterov"))
         anchors = {n: p.clone() for n, p in params.items()}
         bufs = {n: torch.zeros_like(p) for n, p in params.items()}
+        corrections = {n: torch.zeros_like(p) for n, p in params.items()}  # SCAFFOLD's c - c_i, [K, *shape]
+        for i, j in enumerate(jobs):
+            if j.correction is not None:
+                for n, t in spec.unflatten(j.correction.to(device)).items():
+                    corrections[n][i] = t
     model.train()
     for s in range(int(steps.max())):
         active = steps > s
@@ -79,7 +86,7 @@ def train_cohort_vectorized(model: nn.Module, spec: ParamSpec, global_params: to
             for n, p in params.items():
                 d = grads[n] + col(wd, p) * p + col(mu, p) * (p - anchors[n])
                 bufs[n] = col(mom, p) * bufs[n] + d
-                dirs[n] = torch.where(col(nest, p) > 0, d + col(mom, p) * bufs[n], bufs[n])
+                dirs[n] = torch.where(col(nest, p) > 0, d + col(mom, p) * bufs[n], bufs[n]) + corrections[n]
             grads = dirs
         params = {n: p - scale.view(-1, *([1] * (p.ndim - 1))) * grads[n] for n, p in params.items()}
         batch_loss = (per_row.detach() * w).sum(1) / w.sum(1).clamp(min=1.0)

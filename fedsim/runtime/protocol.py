@@ -9,6 +9,8 @@ TRAIN   content: ``"arrays"`` (global model, ArrayRecord of named tensors) and `
         compression also compressor, compress-k, compress-unbiased, error-feedback
         (none | ef21 | ef14) and ef-init (full | zero); with example-level DP also
         example-dp-noise and example-dp-clip (DP-SGD noise multiplier and per-example clip norm).
+        SCAFFOLD adds ``"control"``: the server control variate c, flat float32 ``[D]`` named
+        ``update``; the client corrects every local step by c - c_i and keeps its own c_i.
         reply:   ``"update"`` (ArrayRecord with one flat float32 vector ``[D]`` named ``update``, or,
         for a sparse compressor, ``values`` float32 ``[k']`` and ``indices`` int64 ``[k']``) and
         ``"metrics"``: num-examples, partition-id, local-steps, server-round, train-loss.
@@ -23,6 +25,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 ARRAYS, CONFIG, UPDATE, METRICS = "arrays", "config", "update", "metrics"
+CONTROL = "control"  # SCAFFOLD: the server control variate c sent with the model
 UPDATE_DELTA = "delta"                  # y - x_s: the local model change
 UPDATE_MEAN_GRADIENT = "mean-gradient"  # -(y - x_s) / (lr * local_steps): AFA's worker answer
 UPDATE_KINDS = (UPDATE_DELTA, UPDATE_MEAN_GRADIENT)
@@ -76,8 +79,8 @@ def train_reply(msg: Message, update: torch.Tensor | ArrayRecord, metrics: dict[
     return Message(RecordDict({UPDATE: record, METRICS: MetricRecord(metrics)}), reply_to=msg)
 
 
-def train_content(arrays: ArrayRecord, config: dict) -> RecordDict:
-    return RecordDict({ARRAYS: arrays, CONFIG: ConfigRecord(config)})
+def train_content(arrays: ArrayRecord, config: dict, extra: dict[str, ArrayRecord] | None = None) -> RecordDict:
+    return RecordDict({ARRAYS: arrays, CONFIG: ConfigRecord(config), **(extra or {})})
 
 
 def record_bytes(content: RecordDict) -> int:

@@ -55,6 +55,7 @@ class FedsimStrategy(Strategy):
     m = 1                 # asynchronous strategies: answers a round waits for (round_time = 0)
     round_time = 0.0      # asynchronous strategies: > 0, a round's fixed window of the arrival clock
     feedback = "none"     # client-side error feedback the strategy asks for: none | ef21 | ef14
+    full_weights = True   # synchronous strategies read Flower's full-weight replies (fedsim-only protocols: False)
 
     def __init__(self, participation, *, local_lr: float, batch_size: int, seed: int, server_lr: float = 1.0,
                  compression: dict | None = None, example_dp: dict | None = None, stages=(), client_clip: float = 0.0,
@@ -137,6 +138,10 @@ class FedsimStrategy(Strategy):
         """The local learning rate sent in ``server_round``'s TRAIN messages (``client.lr_schedule``)."""
         return lr_at(self.local_lr, *self.lr_schedule[:2], server_round, self.lr_schedule[2])
 
+    def train_records(self) -> dict[str, ArrayRecord]:
+        """Arrays every TRAIN message carries besides the model (SCAFFOLD's control variate)."""
+        return {}
+
     def uplink_config(self) -> dict:
         """The client stages every TRAIN message asks for: clip, then compress (with error feedback)."""
         clip = {P.CLIENT_CLIP: self.client_clip} if self.client_clip > 0 else {}
@@ -174,10 +179,10 @@ class FedsimStrategy(Strategy):
                 "batch-size": self.batch_size,
                 "seed": self.seed, "update-kind": self.update_kind, **self.uplink_config(),
                 **self.client_optimizer.config(), **(self.example_dp.client_config() if self.example_dp else {})}
-        messages = []
+        messages, extra = [], self.train_records()
         for cid, steps, latency in zip(plan.clients.tolist(), plan.local_steps.tolist(), plan.latency.tolist()):
             cfg = {**base, "local-steps": int(steps), P.SIM_LATENCY: float(latency)}
-            messages.append(Message(P.train_content(arrays, cfg), dst_node_id=self.directory.node_of[cid],
+            messages.append(Message(P.train_content(arrays, cfg, extra), dst_node_id=self.directory.node_of[cid],
                                     message_type=MessageType.TRAIN, group_id=str(server_round)))
             self.in_flight[cid] = server_round
             if self.example_dp:
@@ -258,5 +263,6 @@ class FedsimStrategy(Strategy):
             self.state = self.init_state(self.spec.dim)
             self.pipeline.init(self.spec.dim)
             self.decoder = ReplyDecoder(self.spec, self.compressor, self.directory, self.dense_expected,
-                                        self.message_bits, None if self.asynchronous else lambda: self.params)
+                                        self.message_bits,
+                                        (lambda: self.params) if self.full_weights and not self.asynchronous else None)
         self.params = self.spec.flatten(state)

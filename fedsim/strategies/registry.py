@@ -23,6 +23,7 @@ from .fedau import FedAUStrategy
 from .fedavg import FedAvgStrategy
 from .repair import RepairStrategy
 from .robust import RobustStrategy
+from .scaffold import ScaffoldStrategy
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,8 @@ STRATEGIES: dict[str, StrategyRow] = {
     "fedprox": StrategyRow(FedAvgStrategy, {"weighting": "strategy.weighting", "prox_mu": "strategy.mu"},
                            description="FedProx: FedAvg with the proximal term mu/2 ||w - w_t||^2 in each "
                                        "client's objective (Li et al., MLSys 2020, arXiv 1812.06127, Alg. 2)"),
+    "scaffold": StrategyRow(ScaffoldStrategy, description="SCAFFOLD, option II control variates kept by the "
+                                                           "clients (Karimireddy et al., ICML 2020, arXiv 1910.06378)"),
     "fedmedian": StrategyRow(RobustStrategy, fixed={"rule": "median"},
                              description="coordinate-wise median of the updates (arXiv 1803.01498; Flower's rule)"),
     "fedtrimmedavg": StrategyRow(RobustStrategy, {"trim": "strategy.trim"}, fixed={"rule": "trimmed-mean"},

@@ -111,7 +111,8 @@ class ReplyDecoder:
     def _full_weights(self, cid: int, record: ArrayRecord) -> torch.Tensor:
         """Flower's convention: the trained model under ``arrays``; the update is it minus the model sent."""
         if self.sent_model is None:
-            raise ValueError("full-weight answers (under 'arrays') need a synchronous strategy; send an 'update'")
+            raise ValueError("this strategy does not read full-weight answers (under 'arrays'): it needs a "
+                             "synchronous round and no fedsim-only client protocol; send an 'update'")
         if not self.dense_expected(cid):
             raise ValueError(f"client {cid} sent full weights where a {self.compressor.name} update is due")
         try:

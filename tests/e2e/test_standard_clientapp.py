@@ -55,5 +55,5 @@ def test_full_weights_for_an_asynchronous_strategy_are_refused_by_name(tmp_path)
     cfg = load_config(tiny_config(rounds=2, **{"strategy.name": "fedbuff", "strategy.round_time": 1.0}))
     data = load_client_data(cfg)
     grid = InProcessGrid(AppHandler(tutorial_app(data)), 8, seed=cfg.seed)
-    with pytest.raises(NoValidAnswers, match="need a synchronous strategy"):
+    with pytest.raises(NoValidAnswers, match="does not read full-weight answers"):
         run_single(cfg, tmp_path, progress=False, grid=grid)

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 from flwr.app import Context, RecordDict
 
@@ -15,11 +16,12 @@ from conftest import tiny_config
 from helpers import federation
 
 
-def test_server_and_client_apps_match_fedsim_run(tmp_path):
+@pytest.mark.parametrize("name", ["fedau", "scaffold"])  # scaffold: client state through the node Context
+def test_server_and_client_apps_match_fedsim_run(tmp_path, name):
     import tomli_w
 
     raw = tiny_config(rounds=4)
-    raw["strategy"]["name"] = "fedau"
+    raw["strategy"]["name"] = name
     raw["participation"] = {"name": "bernoulli", "p": 0.5}
     (tmp_path / "exp.toml").write_text(tomli_w.dumps(raw))
     run_config = {"preset": str(tmp_path / "exp.toml"), "out": str(tmp_path / "flower")}
