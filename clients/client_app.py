@@ -36,3 +36,8 @@ def train(msg: Message, context: Context) -> Message:
     handler = handler_for(context)
     with handler.client_state(context):  # error-feedback vectors persist in the node's Context
         return handler.train([msg], [context])[0]
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    return handler_for(context).evaluate([msg], [context])[0]

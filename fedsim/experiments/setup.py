@@ -36,6 +36,7 @@ from ..stages import SERVER_OPTIMIZERS, UserLevelDP
 from ..repair import MODES, SWITCHES
 from ..strategies import FedsimStrategy
 from ..strategies.fedavg import WEIGHTINGS
+from ..strategies.flower import FlowerStrategy, check_args, flower_class, is_flower_name
 from ..strategies.registry import COMMON_KEYS, OWNED_SECTIONS, STRATEGIES, StrategyRow
 from . import plugins
 
@@ -55,14 +56,20 @@ def load(source: str | dict, overrides: list[str] | tuple[str, ...] = ()) -> Exp
 def strategy_row(cfg: ExperimentConfig) -> StrategyRow:
     """The registry row of ``strategy.name``, or a row for a plug-in class named by import string."""
     name = cfg.strategy.name
+    if is_flower_name(name):
+        try:
+            flower_class(name)
+        except ValueError as exc:
+            raise ConfigError(f"config key 'strategy.name': {exc}") from None
+        return StrategyRow(FlowerStrategy, description=f"Flower's {name[len('flwr:'):]} (flwr.serverapp.strategy)")
     if plugins.is_import_string(name):
         cls = plugins.resolve("strategy.name", name)
         if not (isinstance(cls, type) and issubclass(cls, FedsimStrategy)):
             raise ConfigError(f"config key 'strategy.name': '{name}' is not a fedsim.strategies.FedsimStrategy subclass")
         return StrategyRow(cls, description=f"plug-in {name}")
     if name not in STRATEGIES:
-        raise ConfigError(f"config key 'strategy.name' must be one of {', '.join(STRATEGIES)} or an import string "
-                          f"'package.module:Class'; got '{name}'")
+        raise ConfigError(f"config key 'strategy.name' must be one of {', '.join(STRATEGIES)}, a Flower strategy "
+                          f"'flwr:<Class>' or an import string 'package.module:Class'; got '{name}'")
     return STRATEGIES[name]
 
 
@@ -116,6 +123,27 @@ def check(cfg: ExperimentConfig) -> None:
     _check_keys_read(cfg, row)
     _check_client_optimizer(cfg, row)
     _check_user_level_dp(effective(cfg, row), row)
+    if is_flower_name(cfg.strategy.name):
+        _check_flower(cfg)
+
+
+def _check_flower(cfg: ExperimentConfig) -> None:
+    """A Flower strategy aggregates as Flower does: fedsim's client and server stages do not apply to it."""
+    try:
+        check_args(cfg.strategy.name, cfg.strategy.args)
+    except ValueError as exc:
+        raise ConfigError(f"config key 'strategy.args': {exc}") from None
+    if cfg.participation["name"] == "anarchic":
+        raise ConfigError(f"config key 'participation.name': {cfg.strategy.name} sends every client of a round "
+                          "the same config, so per-client local steps (anarchic) cannot be expressed")
+    refused = [f"compression.{k}" for k in _changed(cfg.compression)]
+    refused += [f"client.{k}" for k in _changed(cfg.client, ("clip_norm",))]
+    refused += [f"privacy.{k}" for k in _changed(cfg.privacy, ("user_level", "example_dp"))]
+    refused += ["server_optimizer.name"] if cfg.server_optimizer != {"name": "sgd"} else []
+    refused += [f"strategy.{k}" for k in _changed(cfg.strategy) if k not in ("name", "args")]
+    if refused:
+        raise ConfigError(f"config key '{refused[0]}' does not apply to {cfg.strategy.name}: Flower's strategies "
+                          "run with Flower's own rules (set their options in [strategy.args])")
 
 
 CLIENT_OPTIMIZER_KEYS = ("momentum", "nesterov", "weight_decay", "lr_schedule")
@@ -145,8 +173,9 @@ def _check_server_optimizer(opt: dict) -> None:
 def _check_keys_read(cfg: ExperimentConfig, row: StrategyRow) -> None:
     """A strategy-owned key set away from its default must be read by the chosen strategy."""
     name, reads = cfg.strategy.name, row.keys()
-    if cfg.strategy.args and not plugins.is_import_string(name):
-        raise ConfigError(f"config key 'strategy.args' is for plug-in strategies ('package.module:Class'); "
+    if cfg.strategy.args and not plugins.is_import_string(name) and not is_flower_name(name):
+        raise ConfigError(f"config key 'strategy.args' is for Flower ('flwr:<Class>') and plug-in strategies "
+                          f"('package.module:Class'); "
                           f"'{name}' takes its settings from strategy.* keys")
     for section in OWNED_SECTIONS:
         for field in _changed(getattr(cfg, section)):
@@ -232,8 +261,11 @@ def make_model(cfg: ExperimentConfig, ds: Dataset) -> torch.nn.Module:
 def make_handler(cfg: ExperimentConfig, data: ClientData) -> ClientHandler:
     """The client side; ``client.device = cuda`` on a machine without one fails here, naming the key."""
     try:
-        return ClientHandler(make_model(cfg, data.dataset), data.dataset.train, data.parts,
-                             trainer=cfg.client.trainer, workers=cfg.client.workers, device=cfg.client.device)
+        c = cfg.client
+        defaults = {"local-steps": c.local_steps, "lr": c.lr, "batch-size": c.batch_size, "seed": cfg.seed,
+                    **client_optimizer(cfg).config()}  # what a Flower strategy's TRAIN message leaves out
+        return ClientHandler(make_model(cfg, data.dataset), data.dataset.train, data.parts, trainer=c.trainer,
+                             workers=c.workers, device=c.device, defaults=defaults)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 
@@ -259,6 +291,15 @@ def make_participation(cfg: ExperimentConfig, data: ClientData):
 def make_strategy(cfg: ExperimentConfig, data: ClientData) -> FedsimStrategy:
     """The strategy of ``cfg`` from its registry row, with its server stages."""
     check(cfg)
+    if is_flower_name(cfg.strategy.name):
+        c = cfg.client
+        try:
+            return FlowerStrategy(cfg.strategy.name, dict(cfg.strategy.args), make_participation(cfg, data),
+                                  local_lr=c.lr, batch_size=c.batch_size, seed=cfg.seed,
+                                  client_optimizer=client_optimizer(cfg),
+                                  lr_schedule=(c.lr_schedule, c.lr_decay, cfg.rounds))
+        except ValueError as exc:
+            raise ConfigError(f"strategy {cfg.strategy.name}: {exc}") from None
     row = strategy_row(cfg)
     cfg = effective(cfg, row)
     participation = make_participation(cfg, data)
@@ -269,13 +310,18 @@ def make_strategy(cfg: ExperimentConfig, data: ClientData) -> FedsimStrategy:
     try:
         stages = make_stages(cfg, participation, row)
         c = cfg.client
-        optimizer = ClientOptimizer(momentum=c.momentum, nesterov=c.nesterov, weight_decay=c.weight_decay)
         return row.cls(participation, local_lr=c.lr, batch_size=c.batch_size, seed=cfg.seed,
                        server_lr=cfg.strategy.server_lr, compression=dataclasses.asdict(cfg.compression),
                        example_dp=_example_dp(cfg), stages=stages, client_clip=c.clip_norm,
-                       client_optimizer=optimizer, lr_schedule=(c.lr_schedule, c.lr_decay, cfg.rounds), **kwargs)
+                       client_optimizer=client_optimizer(cfg), lr_schedule=(c.lr_schedule, c.lr_decay, cfg.rounds),
+                       **kwargs)
     except (ValueError, TypeError) as exc:  # e.g. a participation model the privacy plan cannot account for
         raise ConfigError(f"strategy {cfg.strategy.name}: {exc}") from None
+
+
+def client_optimizer(cfg: ExperimentConfig) -> ClientOptimizer:
+    c = cfg.client
+    return ClientOptimizer(momentum=c.momentum, nesterov=c.nesterov, weight_decay=c.weight_decay)
 
 
 def make_stages(cfg: ExperimentConfig, participation, row: StrategyRow) -> list:

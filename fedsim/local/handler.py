@@ -22,7 +22,7 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
-from flwr.app import Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
 
 from ..core import afa
 from ..core.params import ParamSpec
@@ -30,6 +30,7 @@ from ..runtime import protocol as P
 from .example_dp import ExampleDP, private_copy, train_cohort_dp
 from .optimizer import ClientOptimizer
 from .device import resolve_device
+from .evaluate import evaluate
 from .client_rows import ClientRows
 from .pool import WorkerPool, resolve_workers
 from .reference import Job, job_seed
@@ -38,6 +39,7 @@ from .uplink import Uplink, UplinkSpec
 from .client_state import ClientStateStore
 
 BAD_REQUEST = 400
+FLOWER_PROX_MU = "proximal-mu"  # what Flower's FedProx strategy puts in its train config
 UPLINK_STATE = "fedsim.uplink"
 CONTROL_STATE = "fedsim.control"
 
@@ -53,7 +55,7 @@ class ClientHandler:
     """Hosts the data of many virtual clients and trains any subset of them on request."""
 
     def __init__(self, model: torch.nn.Module, train_split, parts: Sequence[np.ndarray], trainer: str = "auto", *,
-                 workers: int = 1, device: str = "cpu"):
+                 workers: int = 1, device: str = "cpu", defaults: dict | None = None):
         if trainer not in TRAINERS:
             raise ValueError(f"client.trainer must be one of {TRAINERS}, got '{trainer}'")
         self.device = resolve_device(device)
@@ -71,6 +73,9 @@ class ClientHandler:
         self.uplink = Uplink(len(self.parts), self.spec.dim)
         self.controls = ClientStateStore(len(self.parts), self.spec.dim)  # SCAFFOLD's c_i
         self._gsm = None  # Opacus wrapper of a model copy, built on first example-level DP job
+        self._eval_model = None  # a CPU copy for EVALUATE messages when training runs on an accelerator
+        # train settings a message may leave out (a Flower strategy sends only server-round): the experiment's
+        self.defaults = dict(defaults or {})
         self._pool: WorkerPool | None = None  # forked on the first cohort when workers > 1
 
     def close(self) -> None:
@@ -119,7 +124,10 @@ class ClientHandler:
         replies: list[Message | None] = [None] * len(messages)
         groups: dict[tuple, list[int]] = {}
         for i, msg in enumerate(messages):
-            key = (id(msg.content[P.ARRAYS]), _example_dp_key(msg.content[P.CONFIG]))
+            if P.ARRAYS not in msg.content.array_records:
+                replies[i] = _error(msg, f"a TRAIN message carries the model under '{P.ARRAYS}'")
+                continue
+            key = (id(msg.content[P.ARRAYS]), _example_dp_key(self._config(msg)))
             groups.setdefault(key, []).append(i)
         for (_, dp_key), members in groups.items():
             arrays = messages[members[0]].content[P.ARRAYS]
@@ -165,15 +173,53 @@ class ClientHandler:
     def _size(self, cid: int) -> int:
         return self.parts.size(cid)
 
-    def _job(self, msg: Message, context: Context) -> Job:
+    def evaluate(self, messages: Sequence[Message], contexts: Sequence[Context]) -> list[Message]:
+        """Answer Flower's EVALUATE messages: the model sent, on the client's own data (fedsim clients hold
+        a partition of the training split); metrics ``eval_loss``, ``eval_acc``, ``num-examples``."""
+        replies = []
+        for msg, context in zip(messages, contexts):
+            try:
+                cid = self._client(context)
+                params = self.spec.flatten(msg.content[P.ARRAYS].to_torch_state_dict())
+                loss, acc = evaluate(self._cpu_model(), self.spec, params.cpu(), _Rows(self.data, self.parts[cid]))
+            except Exception as exc:  # noqa: BLE001 - a bad message is answered, not raised
+                replies.append(_error(msg, f"cannot evaluate: {type(exc).__name__}: {exc}"))
+                continue
+            metrics = {"eval_loss": loss, "eval_acc": acc, "num-examples": self._size(cid)}
+            replies.append(Message(RecordDict({P.METRICS: MetricRecord(metrics)}), reply_to=msg))
+        return replies
+
+    def _cpu_model(self) -> torch.nn.Module:
+        if self.device.type == "cpu":
+            return self.model
+        if self._eval_model is None:
+            self._eval_model = copy.deepcopy(self.model).cpu()
+        return self._eval_model
+
+    def _config(self, msg: Message) -> dict:
+        """The message's train config over the experiment's defaults: a Flower strategy's message carries
+        only what its strategy sets (server-round, FedProx's proximal-mu, ...)."""
+        sent = dict(msg.content.config_records.get(P.CONFIG, {}))
+        if FLOWER_PROX_MU in sent:
+            sent.setdefault(P.PROX_MU, sent[FLOWER_PROX_MU])
+        return {**self.defaults, **sent}
+
+    def _client(self, context: Context) -> int:
         cid = partition_id(context)
         if not 0 <= cid < len(self.parts):
             raise ValueError(f"unknown client: partition-id {cid} not in 0..{len(self.parts) - 1}")
-        cfg = msg.content[P.CONFIG]
+        return cid
+
+    def _job(self, msg: Message, context: Context) -> Job:
+        cid = self._client(context)
+        cfg = self._config(msg)
+        missing = [k for k in ("local-steps", "lr", "batch-size", "seed", "server-round") if k not in cfg]
+        if missing:
+            raise ValueError(f"the train config has no {', '.join(missing)} and this client has no default")
         steps, lr, batch = int(cfg["local-steps"]), float(cfg["lr"]), int(cfg["batch-size"])
         if steps < 1 or lr <= 0 or batch < 1:
             raise ValueError(f"bad train config: local-steps={steps}, lr={lr}, batch-size={batch}")
-        kind = str(cfg.get("update-kind", P.UPDATE_DELTA))
+        kind = str(cfg.get(P.UPDATE_KIND, P.UPDATE_DELTA))
         if kind not in P.UPDATE_KINDS:
             raise ValueError(f"unknown update-kind '{kind}', expected one of {P.UPDATE_KINDS}")
         UplinkSpec.from_config(cfg, self.spec.dim, self.spec.sizes)  # a bad compression config is answered before training
@@ -197,9 +243,14 @@ class ClientHandler:
         return c if own is None else c - own
 
     def _reply(self, msg: Message, job: Job, delta: torch.Tensor, loss: float) -> Message:
-        cfg = msg.content[P.CONFIG]
+        cfg = self._config(msg)
+        if P.UPDATE_KIND not in cfg:  # a Flower strategy's message: Flower's reply convention
+            weights = ArrayRecord(torch_state_dict={k: v.clone() for k, v in self.spec.unflatten(
+                self.spec.flatten(msg.content[P.ARRAYS].to_torch_state_dict()) + delta).items()})
+            metrics = {"num-examples": self._size(job.client), "train_loss": loss}
+            return Message(RecordDict({P.ARRAYS: weights, P.METRICS: MetricRecord(metrics)}), reply_to=msg)
         update = delta
-        if cfg.get("update-kind", P.UPDATE_DELTA) == P.UPDATE_MEAN_GRADIENT:
+        if cfg.get(P.UPDATE_KIND, P.UPDATE_DELTA) == P.UPDATE_MEAN_GRADIENT:
             update = afa.mean_gradient(delta, torch.tensor(job.local_steps), job.lr)
         if job.correction is not None:  # SCAFFOLD option II: c_i+ = c_i - c + (x - y_i) / (K lr)
             self.controls.set(job.client, -job.correction - delta / (job.local_steps * job.lr))
@@ -209,6 +260,19 @@ class ClientHandler:
                    "local-steps": job.local_steps, "server-round": int(cfg["server-round"]),
                    "train-loss": loss}
         return P.train_reply(msg, record, metrics)
+
+
+class _Rows:
+    """One client's rows of a split, as a split (``take``, ``len``)."""
+
+    def __init__(self, split, rows: torch.Tensor):
+        self.split, self.rows = split, rows
+
+    def __len__(self) -> int:
+        return self.rows.numel()
+
+    def take(self, idx: torch.Tensor):
+        return self.split.take(self.rows[idx])
 
 
 def _example_dp_key(cfg) -> tuple[float, float, str] | None:

@@ -49,6 +49,8 @@ class AppHandler:
     def train(self, messages, contexts) -> list[Message]:
         return [self._call(m, c) for m, c in zip(messages, contexts)]
 
+    evaluate = train  # one call per message either way
+
     def _call(self, msg: Message, context: Context) -> Message:
         """The app's reply; an exception (e.g. no handler for QUERY) becomes an error reply, as
         Flower's runtimes send back when a ClientApp raises."""
@@ -158,6 +160,9 @@ class InProcessGrid(RunGrid, FedsimGrid):
             elif msg.metadata.message_type.startswith(MessageType.QUERY):
                 self.arrivals.expect(mid, 0.0, seq)
                 self.arrivals.arrive(mid, self.handler.query(msg, self._context(msg)))
+            elif msg.metadata.message_type.startswith(MessageType.EVALUATE):  # a Flower strategy's evaluation
+                self.arrivals.expect(mid, 0.0, seq)
+                self.arrivals.arrive(mid, self.handler.evaluate([msg], [self._context(msg)])[0])
             else:
                 raise ValueError(f"the in-process runtime does not handle '{msg.metadata.message_type}' messages")
         if train:

@@ -147,6 +147,8 @@ class Node:
                 train.append(msg)
             elif kind.startswith(MessageType.QUERY):
                 replies.append(self.handler.query(msg, context))
+            elif kind.startswith(MessageType.EVALUATE):  # a Flower strategy's federated evaluation
+                replies.extend(self.handler.evaluate([msg], [context]))
             else:
                 replies.append(Message(Error(code=400, reason=f"unsupported message type '{kind}'"), reply_to=msg))
         if train:

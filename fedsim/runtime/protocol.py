@@ -26,6 +26,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 
 ARRAYS, CONFIG, UPDATE, METRICS = "arrays", "config", "update", "metrics"
 CONTROL = "control"  # SCAFFOLD: the server control variate c sent with the model
+UPDATE_KIND = "update-kind"  # absent: the message is a Flower strategy's; the reply follows Flower's convention
 UPDATE_DELTA = "delta"                  # y - x_s: the local model change
 UPDATE_MEAN_GRADIENT = "mean-gradient"  # -(y - x_s) / (lr * local_steps): AFA's worker answer
 UPDATE_KINDS = (UPDATE_DELTA, UPDATE_MEAN_GRADIENT)

@@ -1,5 +1,6 @@
 """server/ and clients/ are plain Flower apps: `flwr run` (Flower's Ray simulation runtime) runs them
-and gets the same model as `fedsim run`."""
+and gets the same model as `fedsim run`, for a fedsim strategy and for one of Flower's own (whose node
+sampling and aggregation then run on Flower's node ids, in Flower's reply order)."""
 
 import json
 import os
@@ -52,9 +53,10 @@ def _stop_superlink(port: int) -> None:
         os.kill(pid, signal.SIGTERM)
 
 
-def test_flwr_run_simulation_matches_fedsim_run(tmp_path):
+@pytest.mark.parametrize("strategy", ["fedavg", "flwr:FedAdam"])  # fedsim's own, and Flower's class as it is
+def test_flwr_run_simulation_matches_fedsim_run(tmp_path, strategy):
     exp = tmp_path / "exp.toml"
-    exp.write_text(EXPERIMENT)
+    exp.write_text(EXPERIMENT + f'[strategy]\nname = "{strategy}"\n')
     http, control = _free_port(), _free_port()
     env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home"), "FLWR_TELEMETRY_ENABLED": "0",
            "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",

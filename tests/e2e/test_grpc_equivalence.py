@@ -47,7 +47,10 @@ def _grpc_run(raw, out, nodes=2, **opts):
      "participation": {"name": "bernoulli", "p": 0.5}, "privacy.accountant": "rdp",
      "server_optimizer": {"name": "momentum", "momentum": 0.5}},
     {"compression": {"name": "prune", "density": 0.2}, "client.clip_norm": 0.5},  # client stages
-], ids=["fedavg", "fedau", "ef21", "afa-cd", "repair", "fedbuff", "fedau-dp-momentum", "clip-prune"])
+    {"strategy.name": "scaffold", "client.momentum": 0.5},                        # client c_i in the nodes
+    {"strategy.name": "flwr:FedAdam", "strategy.args": {"eta": 0.05}},            # Flower's class as it is
+], ids=["fedavg", "fedau", "ef21", "afa-cd", "repair", "fedbuff", "fedau-dp-momentum", "clip-prune", "scaffold",
+        "flwr-fedadam"])
 def test_grpc_matches_in_process(tmp_path, over):
     raw = tiny_config(rounds=5, **over)
     summary = _grpc_run(raw, tmp_path / "grpc")
