@@ -136,6 +136,24 @@ class PrivacyConfig:
 
 
 @dataclass(frozen=True)
+class AdversaryConfig:
+    """Byzantine clients (``fedsim.local.adversary``): a seeded ``fraction`` of the clients attacks."""
+    behaviour: str = "none"       # none | sign-flip | scale | noise | label-flip | backdoor
+    fraction: float = 0.0         # of the N clients, chosen from the seed
+    scale: float = 10.0           # scale: the factor on the update
+    noise_std: float = 1.0        # noise: std of the Gaussian sent instead of the update
+    target_label: int = 0         # backdoor: the label stamped inputs are given
+    poison_fraction: float = 0.5  # backdoor: share of each malicious client's examples stamped
+    pattern_size: int = 3         # backdoor: side of the square (features for flat inputs)
+
+
+@dataclass(frozen=True)
+class DefenseConfig:
+    """Server-side defenses that wrap any strategy (``fedsim.stages``)."""
+    norm_bound: float = 0.0  # > 0: every update is clipped to this L2 norm before aggregation (0 = off)
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     name: str = "experiment"
     description: str = ""
@@ -154,6 +172,8 @@ class ExperimentConfig:
     compression: CompressionConfig = field(default_factory=CompressionConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     repair: RepairConfig = field(default_factory=RepairConfig)
+    adversary: AdversaryConfig = field(default_factory=AdversaryConfig)
+    defense: DefenseConfig = field(default_factory=DefenseConfig)
     participation: dict = field(default_factory=lambda: {"name": "full"})
     server_optimizer: dict = field(default_factory=lambda: {"name": "sgd"})  # sgd | momentum (FedAvgM)
     arms: dict = field(default_factory=dict)
@@ -355,6 +375,8 @@ def validate(cfg: ExperimentConfig) -> None:
     _validate_staleness(cfg, need)
     _validate_compression(cfg.compression, need)
     _validate_privacy(cfg.privacy, need)
+    _validate_adversary(cfg.adversary, need)
+    need(cfg.defense.norm_bound >= 0, "defense.norm_bound", f"must be >= 0 (0 = off), got {cfg.defense.norm_bound}")
     need("name" in cfg.participation, "participation.name", "is required")
     need("name" in cfg.server_optimizer, "server_optimizer.name", "is required")
 
@@ -374,6 +396,22 @@ def _validate_staleness(cfg: ExperimentConfig, need) -> None:
     need(r.patience >= 1, "repair.patience", f"must be >= 1, got {r.patience}")
     need(r.switch_round >= 0, "repair.switch_round", "must be >= 0")
     need(r.min_staleness >= 1, "repair.min_staleness", "must be >= 1")
+
+
+def _validate_adversary(a: AdversaryConfig, need) -> None:
+    need(0 <= a.fraction < 1, "adversary.fraction", f"must be in [0, 1), got {a.fraction}")
+    need(a.behaviour == "none" or a.fraction > 0, "adversary.fraction",
+         f"must be > 0 with adversary.behaviour = '{a.behaviour}' (no client would attack)")
+    need(a.behaviour != "none" or a.fraction == 0, "adversary.behaviour", "must be set when adversary.fraction > 0")
+    need(a.scale > 0 and a.noise_std > 0, "adversary.scale", "and adversary.noise_std must be > 0")
+    need(0 < a.poison_fraction <= 1, "adversary.poison_fraction", f"must be in (0, 1], got {a.poison_fraction}")
+    need(a.pattern_size >= 1, "adversary.pattern_size", f"must be >= 1, got {a.pattern_size}")
+    used = {"sign-flip": (), "scale": ("scale",), "noise": ("noise_std",), "label-flip": (),
+            "backdoor": ("target_label", "poison_fraction", "pattern_size")}.get(a.behaviour, ())
+    default = AdversaryConfig()
+    for key in ("scale", "noise_std", "target_label", "poison_fraction", "pattern_size"):
+        need(key in used or getattr(a, key) == getattr(default, key), f"adversary.{key}",
+             f"is not read by adversary.behaviour = '{a.behaviour}'")
 
 
 def _validate_compression(c: CompressionConfig, need) -> None:

@@ -24,7 +24,10 @@ def plot_curves(runs: dict[str, list[dict]], path: Path, title: str = "") -> Non
     """Accuracy and loss against round, virtual time and total MB uploaded, one line per run, plus
     the accuracy on the slow clients' classes when the runs track it."""
     stale = any(r.get("accuracy_stale_classes") is not None for rows in runs.values() for r in rows)
-    ylabels = ["test accuracy", "test loss (dashed: clients' training loss)"] + (["accuracy on the slow clients' classes"] if stale else [])
+    attacked = any(r.get("attack_success") is not None for rows in runs.values() for r in rows)
+    ylabels = (["test accuracy", "test loss (dashed: clients' training loss)"]
+               + (["accuracy on the slow clients' classes"] if stale else [])
+               + (["attack success rate"] if attacked else []))
     plt = _pyplot()
     fig, axes = plt.subplots(len(ylabels), 3, figsize=(15, 3.75 * len(ylabels)), squeeze=False)
     for label, rows in runs.items():
@@ -46,6 +49,8 @@ def plot_curves(runs: dict[str, list[dict]], path: Path, title: str = "") -> Non
                                         color=line.get_color(), alpha=0.6, linewidth=0.8)
             if stale:
                 axes[2, col].plot(xs, [r.get("accuracy_stale_classes") for r in ev], label=label)
+            if attacked:
+                axes[2 + stale, col].plot(xs, [r.get("attack_success") for r in ev], label=label)
     for col, xlabel in enumerate(("round", "virtual time (s)", "MB uploaded (all clients)")):
         for row, ylabel in enumerate(ylabels):
             axes[row, col].set_ylabel(ylabel)
@@ -65,11 +70,14 @@ def comparison_table(summaries: dict[str, dict]) -> str:
             "| MB up | MB down | wall (s) |")
     private = any("epsilon" in s for s in summaries.values())
     stale = any("final_accuracy_stale_classes" in s for s in summaries.values())
+    attacked = any("final_attack_success" in s for s in summaries.values())
     if private:
         head += " ε at δ (accountant; mechanism; sampling; neighbouring) |"
     if stale:
         head += " slow clients' classes: final / mean of last 5 |"
-    lines = [head, "|" + "---|" * (10 + private + stale)]
+    if attacked:
+        head += " attack success: final / mean of last 5 |"
+    lines = [head, "|" + "---|" * (10 + private + stale + attacked)]
     for arm, s in summaries.items():
         line = (f"| {arm} | {s['rounds']} | {s['final_accuracy']:.4f} | {s['tail_accuracy']:.4f} | "
                 f"{s['best_accuracy']:.4f} | {s['final_loss']:.4f} | {s['virtual_time']:.1f} | "
@@ -79,6 +87,9 @@ def comparison_table(summaries: dict[str, dict]) -> str:
         if stale:
             line += (f" {s['final_accuracy_stale_classes']:.4f} / {s['tail_accuracy_stale_classes']:.4f} |"
                      if "final_accuracy_stale_classes" in s else " — |")
+        if attacked:
+            line += (f" {s['final_attack_success']:.4f} / {s['tail_attack_success']:.4f} |"
+                     if "final_attack_success" in s else " — |")
         lines.append(line)
     return "\n".join(lines)
 
@@ -108,6 +119,7 @@ def ci95(values: list[float]) -> tuple[float, float]:
 
 
 SEED_FIELDS = ("final_accuracy", "tail_accuracy", "best_accuracy", "final_loss", "wall_seconds")
+OPTIONAL_SEED_FIELDS = ("final_attack_success", "tail_attack_success")  # aggregated when every seed has them
 
 
 def aggregate_seeds(per_seed: dict[str, dict[int, dict]]) -> dict[str, dict]:
@@ -116,7 +128,7 @@ def aggregate_seeds(per_seed: dict[str, dict[int, dict]]) -> dict[str, dict]:
     for arm, runs in per_seed.items():
         first = next(iter(runs.values()))
         row = {"seeds": sorted(runs)}
-        for f in SEED_FIELDS:
+        for f in SEED_FIELDS + tuple(f for f in OPTIONAL_SEED_FIELDS if all(f in r for r in runs.values())):
             values = [runs[seed][f] for seed in sorted(runs)]
             mean, std = mean_std(values)
             row[f] = {"mean": mean, "std": std, "ci95": list(ci95(values)), "values": values}
@@ -131,15 +143,22 @@ def aggregate_seeds(per_seed: dict[str, dict[int, dict]]) -> dict[str, dict]:
 def seed_table(aggregate: dict[str, dict]) -> str:
     """Markdown table of mean ± sample std over seeds, with the final accuracy's 95% t-interval."""
     private = any("epsilon" in a for a in aggregate.values())
+    attacked = any("final_attack_success" in a for a in aggregate.values())
     head = ("| arm | seeds | final accuracy | 95% interval | mean of last 5 evals | best accuracy | final loss | "
-            "wall (s) |" + (" ε at δ (accountant; mechanism; sampling; neighbouring) |" if private else ""))
-    lines = [head, "|" + "---|" * (8 + private)]
+            "wall (s) |" + (" ε at δ (accountant; mechanism; sampling; neighbouring) |" if private else "")
+            + (" attack success (final) | 95% interval |" if attacked else ""))
+    lines = [head, "|" + "---|" * (8 + private + 2 * attacked)]
     for arm, a in aggregate.items():
         cells = [f"{a[f]['mean']:.4f} ± {a[f]['std']:.4f}" for f in SEED_FIELDS[:4]]
         lo, hi = a["final_accuracy"]["ci95"]
         cells.insert(1, f"[{lo:.4f}, {hi:.4f}]")
         line = f"| {arm} | {len(a['seeds'])} | {' | '.join(cells)} | {a['wall_seconds']['mean']:.1f} |"
-        lines.append(line + (_privacy_cell(a) if private else ""))
+        line += _privacy_cell(a) if private else ""
+        if attacked:
+            rate = a.get("final_attack_success")
+            line += (f" {rate['mean']:.4f} ± {rate['std']:.4f} | [{rate['ci95'][0]:.4f}, {rate['ci95'][1]:.4f}] |"
+                     if rate else " — | — |")
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -149,7 +168,7 @@ def mean_rows(runs: list[list[dict]]) -> list[dict]:
     out = []
     for rows in zip(*runs):
         row = dict(rows[0])
-        for key in ("accuracy", "loss", "train_loss", "accuracy_stale_classes", "virtual_time", "bytes_up"):
+        for key in ("accuracy", "loss", "train_loss", "accuracy_stale_classes", "attack_success", "virtual_time", "bytes_up"):
             vals = [r.get(key) for r in rows]
             if all(v is not None for v in vals):
                 row[key], std = mean_std(vals)

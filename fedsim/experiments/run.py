@@ -24,13 +24,14 @@ from flwr.app import ArrayRecord
 
 from ..config import ConfigError, ExperimentConfig, arm_configs
 from ..core.params import ParamSpec
+from ..local.adversary import TARGETED
 from ..local.evaluate import client_accuracy, evaluate_classes
 from ..runtime.grid import as_fedsim_grid
 from ..runtime.inprocess import InProcessGrid
 from ..runtime.loop import RoundResult, run_rounds
 from .progress import Progress
 from .report import aggregate_seeds, budget_table, comparison_table, mean_rows, plot_curves, read_rows, seed_table
-from .setup import load_client_data, make_handler, make_model, make_strategy
+from .setup import load_client_data, make_adversary, make_handler, make_model, make_strategy
 
 CHECKPOINT_VERSION = 2  # 2: stage state in the strategy, arrival queue in the grid, no loop-owned pending set
 
@@ -135,6 +136,7 @@ def run_single(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, 
         timing_path.unlink()
     bar = Progress(cfg.rounds, label or cfg.name, enabled=progress)
     slow_classes = cfg.participation.get("slow_classes")  # the slow clients' classes: tracked apart
+    adversary = make_adversary(cfg, data)  # the experiment knows who attacks; the strategy does not
 
     with metrics_path.open("a") as sink, timing_path.open("a") as timing:
         def on_round(res: RoundResult, new_arrays: ArrayRecord) -> bool:
@@ -149,6 +151,9 @@ def run_single(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, 
                     row.update(client_accuracy(eval_model, spec, strategy.params, data.dataset.train, data.parts))
                 if slow_classes is not None:
                     row["accuracy_stale_classes"] = ev["accuracy_classes"]
+                if adversary is not None and adversary.behaviour in TARGETED:
+                    row["attack_success"] = adversary.attack_success(eval_model, spec, strategy.params,
+                                                                     data.dataset.test, limit=limit)
             clocks = {k: v for k, v in res.metrics.items() if k.startswith("time/")}  # wall clock: timing.jsonl
             row.update({k: v for k, v in res.metrics.items() if k not in clocks})
             row.update(strategy.row_fields(res.metrics))
@@ -177,6 +182,8 @@ def run_single(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, 
     if first > cfg.rounds and (out / "summary.json").exists():  # only re-summarised: keep the run's own time
         wall = json.loads((out / "summary.json").read_text()).get("wall_seconds", wall)
     summary = _summary(cfg, rows, wall)
+    if adversary is not None:
+        summary["adversary"] = {"behaviour": adversary.behaviour, "malicious_clients": len(adversary.clients)}
     summary["runtime"] = "in-process" if isinstance(grid, InProcessGrid) else type(grid).__name__
     transport = grid.transport_stats()  # answers the transport refused (auth, foreign, oversized, late)
     if transport is not None:
@@ -195,7 +202,7 @@ def _summary(cfg: ExperimentConfig, rows: list[dict], wall: float) -> dict:
             "final_loss": evals[-1]["loss"], "rounds": rows[-1]["round"], "wall_seconds": round(wall, 3),
             "virtual_time": rows[-1]["virtual_time"], "bytes_up": sum(r["bytes_up"] for r in rows),
             "bytes_down": sum(r["bytes_down"] for r in rows), "seed": cfg.seed, "strategy": cfg.strategy.name,
-            "config": cfg.to_dict(), **_stale_summary(evals),
+            "config": cfg.to_dict(), **_stale_summary(evals), **_attack_summary(evals),
             **{k: evals[-1][k] for k in ("client_accuracy_mean", "client_accuracy_worst10") if k in evals[-1]},
             "versions": _versions(), "command": shlex.join(sys.argv)}
 
@@ -211,6 +218,14 @@ def _versions() -> dict:
         except PackageNotFoundError:  # e.g. run from a source tree that is not installed
             out[pkg] = None
     return out
+
+
+def _attack_summary(evals: list[dict]) -> dict:
+    """The targeted attack's success rate: final and mean of the last 5 evaluations."""
+    rates = [r["attack_success"] for r in evals if r.get("attack_success") is not None]
+    if not rates:
+        return {}
+    return {"final_attack_success": rates[-1], "tail_attack_success": sum(rates[-5:]) / len(rates[-5:])}
 
 
 def _stale_summary(evals: list[dict]) -> dict:

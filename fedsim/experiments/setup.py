@@ -24,6 +24,7 @@ from ..core.compression import COMPRESSORS
 from ..core.staleness import STALENESS_FUNCTIONS
 from ..data import DATASETS, SCHEMES, Dataset, label_histogram, load_dataset, partition
 from ..local.device import DEVICES
+from ..local.adversary import BEHAVIOURS, Adversary
 from ..local.handler import ClientHandler
 from ..local.vectorized import TRAINERS
 from ..local.optimizer import LR_SCHEDULES, ClientOptimizer
@@ -32,7 +33,7 @@ from ..models import MODELS, build_model, seeded
 from ..participation import PARTICIPATION, build_participation
 from ..privacy import ACCOUNTANTS, MECHANISMS
 from ..runtime.protocol import EF_INITS
-from ..stages import SERVER_OPTIMIZERS, UserLevelDP
+from ..stages import SERVER_OPTIMIZERS, NormBound, UserLevelDP
 from ..repair import MODES, SWITCHES
 from ..strategies import FedsimStrategy
 from ..strategies.fedavg import WEIGHTINGS
@@ -118,6 +119,7 @@ def check(cfg: ExperimentConfig) -> None:
     one_of("strategy.staleness_fn", cfg.strategy.staleness_fn, STALENESS_FUNCTIONS)
     one_of("repair.mode", cfg.repair.mode, MODES)
     one_of("repair.switch", cfg.repair.switch, SWITCHES)
+    one_of("adversary.behaviour", cfg.adversary.behaviour, BEHAVIOURS)
     _check_server_optimizer(cfg.server_optimizer)
     row = strategy_row(cfg)
     _check_keys_read(cfg, row)
@@ -125,6 +127,9 @@ def check(cfg: ExperimentConfig) -> None:
     _check_user_level_dp(effective(cfg, row), row)
     if is_flower_name(cfg.strategy.name):
         _check_flower(cfg)
+    elif cfg.defense.norm_bound > 0 and (row.cls.update_kind != "delta" or row.cls.feedback != "none"):
+        raise ConfigError(f"config key 'defense.norm_bound': strategy '{cfg.strategy.name}' aggregates "
+                          "normalised gradients or error-feedback messages, not model deltas to bound")
 
 
 def _check_flower(cfg: ExperimentConfig) -> None:
@@ -140,6 +145,7 @@ def _check_flower(cfg: ExperimentConfig) -> None:
     refused += [f"client.{k}" for k in _changed(cfg.client, ("clip_norm",))]
     refused += [f"privacy.{k}" for k in _changed(cfg.privacy, ("user_level", "example_dp"))]
     refused += ["server_optimizer.name"] if cfg.server_optimizer != {"name": "sgd"} else []
+    refused += ["defense.norm_bound"] if cfg.defense.norm_bound > 0 else []
     refused += [f"strategy.{k}" for k in _changed(cfg.strategy) if k not in ("name", "args")]
     if refused:
         raise ConfigError(f"config key '{refused[0]}' does not apply to {cfg.strategy.name}: Flower's strategies "
@@ -265,7 +271,19 @@ def make_handler(cfg: ExperimentConfig, data: ClientData) -> ClientHandler:
         defaults = {"local-steps": c.local_steps, "lr": c.lr, "batch-size": c.batch_size, "seed": cfg.seed,
                     **client_optimizer(cfg).config()}  # what a Flower strategy's TRAIN message leaves out
         return ClientHandler(make_model(cfg, data.dataset), data.dataset.train, data.parts, trainer=c.trainer,
-                             workers=c.workers, device=c.device, defaults=defaults)
+                             workers=c.workers, device=c.device, defaults=defaults,
+                             adversary=make_adversary(cfg, data))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def make_adversary(cfg: ExperimentConfig, data: ClientData) -> Adversary | None:
+    """The Byzantine clients of ``[adversary]`` (None when every client is honest)."""
+    a = cfg.adversary
+    settings = {k: getattr(a, k) for k in ("scale", "noise_std", "target_label", "poison_fraction", "pattern_size")}
+    try:
+        return Adversary.choose(a.behaviour, a.fraction, cfg.data.num_clients, seed=cfg.seed,
+                                num_classes=data.dataset.num_classes, **settings)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 
@@ -325,8 +343,11 @@ def client_optimizer(cfg: ExperimentConfig) -> ClientOptimizer:
 
 
 def make_stages(cfg: ExperimentConfig, participation, row: StrategyRow) -> list:
-    """Server stages in pipeline order: user-level DP (clip + noise), then the server optimizer."""
+    """Server stages in pipeline order: norm bounding, user-level DP (clip + noise), then the server
+    optimizer."""
     stages = []
+    if cfg.defense.norm_bound > 0:
+        stages.append(NormBound(cfg.defense.norm_bound))
     if cfg.privacy.user_level:
         stages.append(UserLevelDP(participation, privacy=dataclasses.asdict(cfg.privacy), rounds=cfg.rounds,
                                   seed=cfg.seed, asynchronous=row.asynchronous))

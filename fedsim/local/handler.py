@@ -37,6 +37,7 @@ from .reference import Job, job_seed
 from .vectorized import TRAINERS, train
 from .uplink import Uplink, UplinkSpec
 from .client_state import ClientStateStore
+from .adversary import Adversary
 
 BAD_REQUEST = 400
 FLOWER_PROX_MU = "proximal-mu"  # what Flower's FedProx strategy puts in its train config
@@ -55,7 +56,7 @@ class ClientHandler:
     """Hosts the data of many virtual clients and trains any subset of them on request."""
 
     def __init__(self, model: torch.nn.Module, train_split, parts: Sequence[np.ndarray], trainer: str = "auto", *,
-                 workers: int = 1, device: str = "cpu", defaults: dict | None = None):
+                 workers: int = 1, device: str = "cpu", defaults: dict | None = None, adversary: Adversary | None = None):
         if trainer not in TRAINERS:
             raise ValueError(f"client.trainer must be one of {TRAINERS}, got '{trainer}'")
         self.device = resolve_device(device)
@@ -68,7 +69,8 @@ class ClientHandler:
         self.model = model.to(self.device)
         self.trainer = trainer
         self.spec = ParamSpec.of(model)
-        self.data = train_split
+        self.adversary = adversary  # Byzantine clients: they train on poisoned rows or tamper with what they send
+        self.data = train_split if adversary is None else adversary.poison(train_split, parts)
         self.parts = ClientRows(parts)
         self.uplink = Uplink(len(self.parts), self.spec.dim)
         self.controls = ClientStateStore(len(self.parts), self.spec.dim)  # SCAFFOLD's c_i
@@ -244,6 +246,10 @@ class ClientHandler:
 
     def _reply(self, msg: Message, job: Job, delta: torch.Tensor, loss: float) -> Message:
         cfg = self._config(msg)
+        if job.correction is not None:  # SCAFFOLD option II: c_i+ = c_i - c + (x - y_i) / (K lr)
+            self.controls.set(job.client, -job.correction - delta / (job.local_steps * job.lr))
+        if self.adversary is not None:  # a Byzantine client sends something else than it computed
+            delta = self.adversary.tamper(job.client, delta, job.seed)
         if P.UPDATE_KIND not in cfg:  # a Flower strategy's message: Flower's reply convention
             weights = ArrayRecord(torch_state_dict={k: v.clone() for k, v in self.spec.unflatten(
                 self.spec.flatten(msg.content[P.ARRAYS].to_torch_state_dict()) + delta).items()})
@@ -252,8 +258,6 @@ class ClientHandler:
         update = delta
         if cfg.get(P.UPDATE_KIND, P.UPDATE_DELTA) == P.UPDATE_MEAN_GRADIENT:
             update = afa.mean_gradient(delta, torch.tensor(job.local_steps), job.lr)
-        if job.correction is not None:  # SCAFFOLD option II: c_i+ = c_i - c + (x - y_i) / (K lr)
-            self.controls.set(job.client, -job.correction - delta / (job.local_steps * job.lr))
         uplink = UplinkSpec.from_config(cfg, self.spec.dim, self.spec.sizes)
         record = P.flat_record(update) if uplink is None else self.uplink.encode(uplink, job.client, update, job.seed)
         metrics = {"num-examples": self._size(job.client), "partition-id": job.client,

@@ -5,6 +5,7 @@ the strategy applies with ``strategy.server_lr``) and the ``server_optimizer.*``
 """
 
 from .base import ServerPipeline, ServerStage
+from .norm_bound import NormBound
 from .server_adaptive import KEYS as ADAPTIVE_KEYS, FedAdagrad, FedAdam, FedYogi
 from .server_momentum import ServerMomentum
 from .user_dp import UserLevelDP
@@ -17,4 +18,4 @@ SERVER_OPTIMIZERS: dict[str, tuple[type[ServerStage] | None, tuple[str, ...]]] =
     "adam": (FedAdam, ADAPTIVE_KEYS),
 }
 
-__all__ = ["SERVER_OPTIMIZERS", "FedAdagrad", "FedAdam", "FedYogi", "ServerMomentum", "ServerPipeline", "ServerStage", "UserLevelDP"]
+__all__ = ["SERVER_OPTIMIZERS", "FedAdagrad", "FedAdam", "FedYogi", "NormBound", "ServerMomentum", "ServerPipeline", "ServerStage", "UserLevelDP"]

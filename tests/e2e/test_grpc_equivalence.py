@@ -49,8 +49,9 @@ def _grpc_run(raw, out, nodes=2, **opts):
     {"compression": {"name": "prune", "density": 0.2}, "client.clip_norm": 0.5},  # client stages
     {"strategy.name": "scaffold", "client.momentum": 0.5},                        # client c_i in the nodes
     {"strategy.name": "flwr:FedAdam", "strategy.args": {"eta": 0.05}},            # Flower's class as it is
+    {"adversary": {"behaviour": "backdoor", "fraction": 0.25}, "defense.norm_bound": 0.5},  # attackers in nodes
 ], ids=["fedavg", "fedau", "ef21", "afa-cd", "repair", "fedbuff", "fedau-dp-momentum", "clip-prune", "scaffold",
-        "flwr-fedadam"])
+        "flwr-fedadam", "backdoor-norm-bound"])
 def test_grpc_matches_in_process(tmp_path, over):
     raw = tiny_config(rounds=5, **over)
     summary = _grpc_run(raw, tmp_path / "grpc")
