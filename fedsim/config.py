@@ -145,6 +145,7 @@ class AdversaryConfig:
     target_label: int = 0         # backdoor: the label stamped inputs are given
     poison_fraction: float = 0.5  # backdoor: share of each malicious client's examples stamped
     pattern_size: int = 3         # backdoor: side of the square (features for flat inputs)
+    boost: float = 1.0            # backdoor / label-flip: the poisoned update is sent times this (model replacement)
 
 
 @dataclass(frozen=True)
@@ -403,13 +404,13 @@ def _validate_adversary(a: AdversaryConfig, need) -> None:
     need(a.behaviour == "none" or a.fraction > 0, "adversary.fraction",
          f"must be > 0 with adversary.behaviour = '{a.behaviour}' (no client would attack)")
     need(a.behaviour != "none" or a.fraction == 0, "adversary.behaviour", "must be set when adversary.fraction > 0")
-    need(a.scale > 0 and a.noise_std > 0, "adversary.scale", "and adversary.noise_std must be > 0")
+    need(a.scale > 0 and a.noise_std > 0 and a.boost > 0, "adversary.scale", ", noise_std and boost must be > 0")
     need(0 < a.poison_fraction <= 1, "adversary.poison_fraction", f"must be in (0, 1], got {a.poison_fraction}")
     need(a.pattern_size >= 1, "adversary.pattern_size", f"must be >= 1, got {a.pattern_size}")
-    used = {"sign-flip": (), "scale": ("scale",), "noise": ("noise_std",), "label-flip": (),
-            "backdoor": ("target_label", "poison_fraction", "pattern_size")}.get(a.behaviour, ())
+    used = {"sign-flip": (), "scale": ("scale",), "noise": ("noise_std",), "label-flip": ("boost",),
+            "backdoor": ("target_label", "poison_fraction", "pattern_size", "boost")}.get(a.behaviour, ())
     default = AdversaryConfig()
-    for key in ("scale", "noise_std", "target_label", "poison_fraction", "pattern_size"):
+    for key in ("scale", "noise_std", "target_label", "poison_fraction", "pattern_size", "boost"):
         need(key in used or getattr(a, key) == getattr(default, key), f"adversary.{key}",
              f"is not read by adversary.behaviour = '{a.behaviour}'")
 

@@ -280,7 +280,8 @@ def make_handler(cfg: ExperimentConfig, data: ClientData) -> ClientHandler:
 def make_adversary(cfg: ExperimentConfig, data: ClientData) -> Adversary | None:
     """The Byzantine clients of ``[adversary]`` (None when every client is honest)."""
     a = cfg.adversary
-    settings = {k: getattr(a, k) for k in ("scale", "noise_std", "target_label", "poison_fraction", "pattern_size")}
+    settings = {k: getattr(a, k) for k in ("scale", "noise_std", "target_label", "poison_fraction", "pattern_size",
+                                           "boost")}
     try:
         return Adversary.choose(a.behaviour, a.fraction, cfg.data.num_clients, seed=cfg.seed,
                                 num_classes=data.dataset.num_classes, **settings)

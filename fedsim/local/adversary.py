@@ -17,6 +17,8 @@ runtime faces them unchanged. Behaviours:
   stamped on ``poison_fraction`` of each malicious client's examples, relabelled ``target_label``
   (the poisoned share of local data as in Bagdasaryan et al., Sec. 4.1; they mix per batch, fedsim
   poisons a fixed seeded subset of rows, ours). For flat inputs the last ``pattern_size`` features.
+  ``adversary.boost`` > 1 multiplies the poisoned update (label-flip too), Bagdasaryan et al.'s
+  model replacement (Sec. 4.2, which boosts by about N / η).
 
 Model poisoning (the first three) replaces what the client sends after honest training; data
 poisoning (the last two) changes the rows the client trains on, in a view of the training split,
@@ -52,6 +54,7 @@ class Adversary:
     target_label: int = 0
     poison_fraction: float = 0.5
     pattern_size: int = 3
+    boost: float = 1.0
     seed: int = 0
 
     @classmethod
@@ -77,8 +80,10 @@ class Adversary:
     # --- model poisoning: what a malicious client sends --------------------------------------------
     def tamper(self, cid: int, delta: torch.Tensor, seed: int) -> torch.Tensor:
         """The update client ``cid`` sends in place of its honest ``delta``."""
-        if self.behaviour in TARGETED or not self.is_malicious(cid):
+        if not self.is_malicious(cid):
             return delta
+        if self.behaviour in TARGETED:  # trained on poisoned rows; boosted to survive averaging
+            return delta if self.boost == 1 else self.boost * delta
         if self.behaviour == "sign-flip":
             return -delta
         if self.behaviour == "scale":

@@ -43,6 +43,13 @@ def test_model_poisoning_changes_only_what_malicious_clients_send(behaviour):
         assert 0.3 < float(sent.std()) < 0.7
 
 
+def test_a_boosted_backdoor_sends_its_poisoned_update_times_the_boost():
+    adv = _adv("backdoor", boost=5.0)
+    delta = torch.randn(20)
+    assert torch.equal(adv.tamper(int(adv.clients[0]), delta, seed=0), 5.0 * delta)
+    assert torch.equal(_adv("label-flip").tamper(int(adv.clients[0]), delta, seed=0), delta)
+
+
 def test_data_poisoning_touches_only_the_malicious_clients_rows():
     x, y = torch.rand(80, 1, 6, 6), torch.arange(80) % 4
     parts = [np.arange(i * 10, (i + 1) * 10) for i in range(8)]
@@ -98,6 +105,7 @@ def test_a_scaled_attack_is_blunted_by_the_median_and_by_norm_bounding():
     ({"adversary": {"fraction": 0.2}}, "adversary.behaviour"),
     ({"adversary": {"behaviour": "scale"}}, "adversary.fraction"),
     ({"adversary": {"behaviour": "sign-flip", "fraction": 0.2, "scale": 3.0}}, "adversary.scale"),
+    ({"adversary": {"behaviour": "noise", "fraction": 0.2, "boost": 3.0}}, "adversary.boost"),
     ({"adversary": {"behaviour": "backdoor", "fraction": 0.2, "target_label": 9}}, "target_label"),
     ({"defense": {"norm_bound": 1.0}, "strategy.name": "ef21", "compression": {"name": "top-k", "density": 0.2}},
      "defense.norm_bound"),
