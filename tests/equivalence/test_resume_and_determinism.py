@@ -36,6 +36,7 @@ ANARCHIC = {"name": "anarchic", "p": 0.7, "max_steps": 5, "speed_spread": 1.0}
     ("repair", SLOW, {}, {**WINDOW, "repair.iterations": 3, "repair.samples": 2}),  # history, switch state
     ("fedau", UNIFORM, {}, {"server_optimizer": {"name": "momentum", "momentum": 0.9}}),  # server velocity
     ("fedau", UNIFORM, {}, {"server_optimizer": {"name": "adam", "lr": 0.05}}),  # FedAdam's m and v
+    ("scaffold", UNIFORM, {}, {"client.momentum": 0.5, "server_optimizer": {"name": "adam", "lr": 0.05}}),  # c, c_i
     ("fedbuff", SLOW, {}, {**WINDOW, "privacy.user_level": True, "privacy.noise_multiplier": 0.5,
                             "privacy.accountant": "rdp"}),  # DP x async
     ("dp-fedavg", {"name": "bernoulli", "p": 0.5}, {}, {"privacy.adaptive_clip": True, "privacy.clip_norm": 0.05, "privacy.clip_count_noise": 2.0,

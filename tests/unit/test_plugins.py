@@ -59,5 +59,5 @@ def test_a_loader_returning_garbage_is_named(tmp_path):
 
 
 def test_strategy_args_need_a_plugin_strategy():
-    with pytest.raises(ConfigError, match="config key 'strategy.args' is for plug-in strategies"):
+    with pytest.raises(ConfigError, match="config key 'strategy.args' is for Flower .* and plug-in strategies"):
         load(tiny_config(**{"strategy.args": {"scale": 2}}))
