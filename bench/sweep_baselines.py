@@ -16,13 +16,13 @@ from pathlib import Path
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 
-from fedsim.experiments.run import run_single  # noqa: E402
+from fedsim.experiments.run import NoValidAnswers, run_single  # noqa: E402
 from fedsim.experiments.setup import load  # noqa: E402
 
 # arm -> (dotted key in the arm's config, values tried); the local rate is swept first (FedAvg), the
 # preset's value then holds for every arm's server-side sweep
 GRID = {
-    "fedavg": ("client.lr", [0.01, 0.03, 0.1]),
+    "fedavg": ("client.lr", [0.01, 0.03, 0.05, 0.1, 0.2]),
     "fedavgm": ("strategy.server_lr", [0.1, 0.3, 1.0]),
     "fedprox": ("strategy.mu", [0.001, 0.01, 0.1]),
     "fedadam": ("server_optimizer.lr", [0.003, 0.01, 0.03, 0.1]),
@@ -46,7 +46,12 @@ def main(out: Path, arms: list[str]) -> None:
             raw = copy.deepcopy(base.arms[arm])
             raw.update(seeds=[], seed=9, rounds=30, arms={})
             _set(raw, key, value)
-            summary = run_single(load(raw), out / f"{arm}-{key}-{value}", progress=False)
+            try:
+                summary = run_single(load(raw), out / f"{arm}-{key}-{value}", progress=False)
+            except (NoValidAnswers, FloatingPointError) as exc:  # the setting diverged: a result too
+                results.append({"arm": arm, "key": key, "value": value, "diverged": str(exc)})
+                print(f"{arm:15s} {key}={value:<6g} diverged", flush=True)
+                continue
             results.append({"arm": arm, "key": key, "value": value, "final_accuracy": summary["final_accuracy"],
                             "tail_accuracy": summary["tail_accuracy"]})
             print(f"{arm:15s} {key}={value:<6g} final {summary['final_accuracy']:.4f} "

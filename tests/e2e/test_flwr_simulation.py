@@ -53,7 +53,9 @@ def _stop_superlink(port: int) -> None:
         os.kill(pid, signal.SIGTERM)
 
 
-@pytest.mark.parametrize("strategy", ["fedavg", "flwr:FedAdam"])  # fedsim's own, and Flower's class as it is
+# Flower's class as it is (default run), and a fedsim strategy (slow: also covered on an in-process
+# grid by tests/equivalence/test_flower_apps.py); each `flwr run` costs ~20 s of Ray start-up
+@pytest.mark.parametrize("strategy", ["flwr:FedAdam", pytest.param("fedavg", marks=pytest.mark.slow)])
 def test_flwr_run_simulation_matches_fedsim_run(tmp_path, strategy):
     exp = tmp_path / "exp.toml"
     exp.write_text(EXPERIMENT + f'[strategy]\nname = "{strategy}"\n')
