@@ -73,8 +73,18 @@ def _run(args) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fedsim")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedsim", description="Federated learning simulator on Flower.")
+    p.add_argument("--version", action="version", version=f"fedsim {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("presets", help="list the packaged experiment presets").set_defaults(func=_presets)
     r = sub.add_parser("run", help="run an experiment in this process (virtual clock)")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -220,6 +221,8 @@ def _coerce(value, hint, key: str):
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
+        if not math.isfinite(value):  # TOML allows inf and nan; no fedsim setting means either
+            raise ConfigError(f"config key '{key}' must be a finite number, got {value!r}")
         return float(value)
     raise ConfigError(f"config key '{key}' has an unsupported type")  # pragma: no cover
 

@@ -12,7 +12,11 @@ result as an uninterrupted run). A comparison writes each arm to ``out/<arm>/`` 
 from __future__ import annotations
 
 import dataclasses
+import errno
+import hashlib
+import io
 import json
+import logging
 import os
 import shlex
 import sys
@@ -33,7 +37,10 @@ from .progress import Progress
 from .report import aggregate_seeds, budget_table, comparison_table, mean_rows, plot_curves, read_rows, seed_table
 from .setup import load_client_data, make_adversary, make_handler, make_model, make_strategy
 
-CHECKPOINT_VERSION = 2  # 2: stage state in the strategy, arrival queue in the grid, no loop-owned pending set
+log = logging.getLogger("fedsim")
+
+CHECKPOINT_VERSION = 3  # 3: checksummed file, loaded as data only; 2: stage state in the strategy, arrival queue in the grid
+MAGIC = b"FEDSIM-CHECKPOINT-3\n"
 
 
 class CheckpointError(RuntimeError):
@@ -58,8 +65,8 @@ def run_config(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, 
         summary = run_single(arm_cfg, out, resume=resume, progress=progress)
         echo(comparison_table({arm: summary}))
         return {arm: summary}
-    summaries = {arm: run_single(arm_cfg, out / arm, resume=resume, progress=progress, label=arm)
-                 for arm, arm_cfg in arms.items()}
+    summaries = {arm: run_single(arm_cfg, out / arm, resume=_arm_resume(out / arm, resume), progress=progress,
+                                 label=arm) for arm, arm_cfg in arms.items()}
     table = comparison_table(summaries)
     runs = {arm: read_rows(out / arm / "metrics.jsonl") for arm in arms}
     if any("final_accuracy_stale_classes" in s for s in summaries.values()):  # slow clients: accuracy vs time
@@ -80,7 +87,8 @@ def run_seeds(cfg: ExperimentConfig, out: Path, *, resume: bool = False, progres
     per_seed: dict[str, dict[int, dict]] = {}
     for seed in cfg.seeds:
         for arm, arm_cfg in _arms_with_seed(cfg, seed).items():
-            per_seed.setdefault(arm, {})[seed] = run_single(arm_cfg, out / arm / f"seed-{seed}", resume=resume,
+            run_dir = out / arm / f"seed-{seed}"
+            per_seed.setdefault(arm, {})[seed] = run_single(arm_cfg, run_dir, resume=_arm_resume(run_dir, resume),
                                                             progress=progress, label=f"{arm} seed {seed}")
     agg = aggregate_seeds(per_seed)
     table = seed_table(agg)
@@ -92,6 +100,19 @@ def run_seeds(cfg: ExperimentConfig, out: Path, *, resume: bool = False, progres
                  for arm in per_seed}, out / "curves.png", f"{cfg.name} (mean of {len(cfg.seeds)} seeds)")
     echo(table)
     return agg
+
+
+def _arm_resume(run_dir: Path, resume: bool) -> bool:
+    """Resuming a comparison: an arm with a checkpoint continues; one that never reached its first
+    checkpoint starts over, its partial rows moved to ``metrics.jsonl.partial`` (nothing is deleted)."""
+    if not resume or (run_dir / "checkpoint.pt").exists():
+        return resume
+    rows = run_dir / "metrics.jsonl"
+    if rows.exists():
+        rows.replace(run_dir / "metrics.jsonl.partial")
+        log.warning("%s: no checkpoint to resume from; starting this arm over (its partial rows are in "
+                    "metrics.jsonl.partial)", run_dir)
+    return False
 
 
 def _arms_with_seed(cfg: ExperimentConfig, seed: int) -> dict[str, ExperimentConfig]:
@@ -130,6 +151,9 @@ def run_single(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, 
     first = 1
     if resume and ckpt_path.exists():
         first, arrays = _restore(ckpt_path, cfg, strategy, grid, metrics_path)
+    elif resume and metrics_path.exists():  # rows without a checkpoint: starting over would delete them
+        raise CheckpointError(f"--resume: {out} has metrics.jsonl but no checkpoint.pt to continue from; "
+                              "run without --resume to start over (the rows are then replaced) or use another --out")
     elif metrics_path.exists():
         metrics_path.unlink()
     if not resume and timing_path.exists():
@@ -237,23 +261,73 @@ def _stale_summary(evals: list[dict]) -> dict:
             "tail_accuracy_stale_classes": sum(stale[-5:]) / len(stale[-5:])}
 
 
-def _save(path: Path, cfg: ExperimentConfig, rnd: int, strategy, grid, finished: bool) -> None:
-    state = {"version": CHECKPOINT_VERSION, "round": rnd, "finished": finished, "config": cfg.to_dict(),
-             "strategy": strategy.state_dict(), "grid": grid.state_dict()}
+def write_checkpoint(path: Path, state: dict) -> None:
+    """``MAGIC``, the SHA-256 of the payload (hex), a newline, then the ``torch.save`` payload; written
+    to a temporary file, flushed to disk and renamed, so a crash or a full disk keeps the previous one."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    payload = buf.getvalue()
     tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        why = "no space left on device" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
+        raise CheckpointError(f"cannot write checkpoint {path}: {why}; the previous checkpoint and the metrics "
+                              "so far are kept") from None
+
+
+def read_checkpoint(path: Path) -> dict:
+    """A checkpoint's state, checked against its SHA-256 and loaded as data only (``weights_only``:
+    tensors and plain containers; a crafted file cannot run code)."""
+    try:
+        blob = Path(path).read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint {path} is unreadable ({exc.strerror or exc})") from None
+    head = len(MAGIC) + 65
+    if not blob.startswith(MAGIC) or len(blob) < head or blob[head - 1:head] != b"\n":
+        raise CheckpointError(f"checkpoint {path} is unreadable (not a fedsim v{CHECKPOINT_VERSION} checkpoint); "
+                              "delete it to start over")
+    digest, payload = blob[len(MAGIC):head - 1].decode("ascii", "replace"), blob[head:]
+    if hashlib.sha256(payload).hexdigest() != digest:
+        raise CheckpointError(f"checkpoint {path} is damaged (its checksum does not match: the file changed "
+                              "after it was written); delete it to start over")
+    try:
+        state = torch.load(io.BytesIO(payload), weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - anything a damaged or foreign payload raises
+        raise CheckpointError(f"checkpoint {path} is unreadable ({type(exc).__name__}: {str(exc)[:200]})") from None
+    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"checkpoint {path} is not a fedsim v{CHECKPOINT_VERSION} checkpoint")
+    return state
+
+
+def _save(path: Path, cfg: ExperimentConfig, rnd: int, strategy, grid, finished: bool) -> None:
+    write_checkpoint(path, {"version": CHECKPOINT_VERSION, "round": rnd, "finished": finished,
+                            "config": cfg.to_dict(), "strategy": strategy.state_dict(), "grid": grid.state_dict()})
+
+
+def _differing_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts."""
+    out = []
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += _differing_keys(x, y, f"{prefix}{key}.")
+        elif x != y:
+            out.append(f"{prefix}{key}")
+    return out
 
 
 def _restore(path: Path, cfg: ExperimentConfig, strategy, grid, metrics_path: Path):
-    try:
-        state = torch.load(path, weights_only=False)
-    except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"checkpoint {path} is unreadable ({exc}); delete it to start over") from None
-    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
-        raise CheckpointError(f"checkpoint {path} is not a fedsim v{CHECKPOINT_VERSION} checkpoint")
+    state = read_checkpoint(path)
     if state["config"] != cfg.to_dict():
-        raise CheckpointError(f"checkpoint {path} was written by a different config; use another --out")
+        keys = _differing_keys(state["config"], cfg.to_dict())
+        raise CheckpointError(f"checkpoint {path} was written by a different config (differs in "
+                              f"{', '.join(keys[:8])}{', ...' if len(keys) > 8 else ''}); use another --out")
     strategy.load_state_dict(state["strategy"])
     grid.load_state_dict(state["grid"])
     rnd = int(state["round"])

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fedsim.experiments.setup import load as load_config
-from fedsim.experiments.run import run_single
+from fedsim.experiments.run import read_checkpoint, run_single
 
 from conftest import tiny_config
 from grpc_harness import NodeThread, ServerThread, split
@@ -25,7 +25,7 @@ def _rows(path):
 
 
 def _final(path):
-    return torch.load(path / "checkpoint.pt", weights_only=False)["strategy"]["params"]
+    return read_checkpoint(path / "checkpoint.pt")["strategy"]["params"]
 
 
 def _grpc_run(raw, out, nodes=2, **opts):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fedsim.experiments.setup import load as load_config
-from fedsim.experiments.run import run_single
+from fedsim.experiments.run import read_checkpoint, run_single
 
 from helpers import run_until
 
@@ -52,7 +52,7 @@ def test_resume_continues_identically(tmp_path, tiny, name, participation, compr
     # Crash after round 6 (checkpoint at round 4): resuming drops rows 5-6 and redoes them.
     run_dir = tmp_path / "c"
     run_until(cfg, run_dir, stop_after=6)
-    assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["round"] == 4
+    assert read_checkpoint(run_dir / "checkpoint.pt")["round"] == 4
     resumed = run_single(cfg, run_dir, resume=True, progress=False)
     assert _rows(run_dir / "metrics.jsonl") == _rows(tmp_path / "a" / "metrics.jsonl")
     assert resumed["final_accuracy"] == straight["final_accuracy"]

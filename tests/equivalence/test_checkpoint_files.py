@@ -1,0 +1,83 @@
+"""Checkpoints are data: checksummed, loaded without running code, never silently replaced or
+ignored; write failures (a full disk) are named and keep the previous checkpoint."""
+
+import errno
+import hashlib
+import io
+
+import pytest
+import torch
+
+from fedsim.config import ConfigError
+from fedsim.experiments.run import MAGIC, CheckpointError, read_checkpoint, run_single, write_checkpoint
+from fedsim.experiments.setup import load as load_config
+
+from conftest import tiny_config
+
+
+@pytest.fixture
+def finished(tmp_path):
+    cfg = load_config(tiny_config())
+    run_single(cfg, tmp_path, progress=False)
+    return cfg, tmp_path
+
+
+def test_a_flipped_byte_is_refused_and_the_rows_kept(finished):
+    cfg, out = finished
+    blob = bytearray((out / "checkpoint.pt").read_bytes())
+    blob[len(blob) // 2] ^= 0x01
+    (out / "checkpoint.pt").write_bytes(bytes(blob))
+    rows = (out / "metrics.jsonl").read_bytes()
+    with pytest.raises(CheckpointError, match="damaged"):
+        run_single(cfg, out, resume=True, progress=False)
+    assert (out / "metrics.jsonl").read_bytes() == rows
+
+
+class _Payload:
+    def __reduce__(self):
+        return (exec, ("open('PWNED', 'w').write('x')",))
+
+
+def test_a_crafted_checkpoint_cannot_run_code(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    buf = io.BytesIO()
+    torch.save({"version": 3, "evil": _Payload()}, buf)
+    payload = buf.getvalue()  # a valid envelope around a pickle that would run code
+    (tmp_path / "checkpoint.pt").write_bytes(MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
+    with pytest.raises(CheckpointError, match="unreadable"):
+        read_checkpoint(tmp_path / "checkpoint.pt")
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_resume_without_a_checkpoint_is_an_error_that_keeps_the_rows(finished):
+    cfg, out = finished
+    (out / "checkpoint.pt").unlink()
+    rows = (out / "metrics.jsonl").read_bytes()
+    with pytest.raises(CheckpointError, match="no checkpoint.pt"):
+        run_single(cfg, out, resume=True, progress=False)
+    assert (out / "metrics.jsonl").read_bytes() == rows
+
+
+def test_a_changed_config_is_refused_naming_the_keys(finished):
+    _, out = finished
+    with pytest.raises(CheckpointError, match=r"differs in client\.lr, seed"):
+        run_single(load_config(tiny_config(seed=9, **{"client.lr": 0.2})), out, resume=True, progress=False)
+
+
+def test_a_full_disk_is_named_and_the_previous_checkpoint_kept(finished, monkeypatch):
+    _, out = finished
+    before = (out / "checkpoint.pt").read_bytes()
+
+    def full(*args, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("fedsim.experiments.run.os.fsync", full)
+    with pytest.raises(CheckpointError, match="no space left on device"):
+        write_checkpoint(out / "checkpoint.pt", {"version": 3})
+    assert (out / "checkpoint.pt").read_bytes() == before and not (out / "checkpoint.tmp").exists()
+
+
+@pytest.mark.parametrize("key,value", [("client.lr", float("inf")), ("strategy.server_lr", float("nan"))])
+def test_non_finite_settings_are_refused_at_load(key, value):
+    with pytest.raises(ConfigError, match=f"'{key}' must be a finite number"):
+        load_config(tiny_config(**{key: value}))
