@@ -20,7 +20,8 @@ TRAIN messages and aggregates the replies. ``FlowerStrategy`` only adapts it to 
 - Flower samples nodes with Python's ``random``: it is seeded per round from (seed, round), so a run is
   reproducible and a resumed run samples as the uninterrupted one;
 - replies are screened before Flower sees them, as fedsim's own decoder does: error replies, missing or
-  wrong-shaped weights, NaN/Inf, and a missing or non-positive ``num-examples`` are rejected one by one
+  wrong-shaped weights, NaN/Inf, and a ``num-examples`` that is missing, not positive or above what the
+  client registered with are rejected one by one
   (logged, counted in ``server/rejected``); if Flower's aggregation raises, the round keeps the model;
 - the strategy's own state (server optimizer moments, momentum, current weights: every array-valued
   attribute) is saved with fedsim's checkpoint, so ``--resume`` continues exactly.
@@ -207,8 +208,12 @@ class FlowerStrategy:
         if msg.has_error():
             raise ValueError(f"client error: {msg.error.reason}")
         n = msg.content[P.METRICS]["num-examples"]
-        if not isinstance(n, (int, float)) or not math.isfinite(n) or n <= 0:
+        if isinstance(n, bool) or not isinstance(n, (int, float)) or not math.isfinite(n) or n <= 0:
             raise ValueError(f"num-examples must be a finite number > 0, got {n!r}")
+        cid = self.directory.client_of(msg.metadata.src_node_id)
+        registered = None if cid is None else self.directory.num_examples.get(cid)
+        if registered is not None and n > registered:  # one node must not take over a weighted average
+            raise ValueError(f"num-examples {n:g} exceeds the {registered} examples client {cid} registered with")
         weights = self.spec.flatten(msg.content[P.ARRAYS].to_torch_state_dict())
         if not torch.isfinite(weights).all():
             raise ValueError("the weights contain NaN or Inf")

@@ -7,15 +7,18 @@ is the weights minus the model sent, the client is the node's, the round is the 
 local-steps counts as 1).
 
 Malformed replies are rejected one by one, naming the reason in the log, and never reach the
-strategy: error replies, a missing or non-numeric metric, NaN/Inf or wrong-shaped updates, a sparse
-update where a dense one is due (or the reverse), a claimed round in the future, fewer than one local
-step, an unknown client, or a node answering for a client it does not host.
+strategy: error replies, a missing or non-numeric metric, NaN/Inf, absurdly long (norm > 1e8) or
+wrong-shaped updates, a sparse update where a dense one is due (or the reverse), a claimed round in
+the future, fewer than one local step, a sample count that is not finite, below 1 or above what the
+client registered with, an unknown client, or a node answering for a client it does not host. Any
+exception while reading an answer rejects that answer only.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -28,6 +31,8 @@ from ..runtime import protocol as P
 from ..runtime.directory import ClientDirectory
 
 log = logging.getLogger("fedsim")
+
+MAX_UPDATE_NORM = 1e8  # no honest update of a float32 model is this long; longer ones are rejected
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,7 @@ class ReplyDecoder:
         for msg in replies:
             try:
                 rows.append(self._read(server_round, msg))
-            except (KeyError, ValueError, TypeError) as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever a peer sends, it is a rejection, never a crash
                 reason = f"node {msg.metadata.src_node_id}: {type(exc).__name__}: {exc}"
                 rejected.append(reason)
                 log.warning("round %d: rejected the answer of %s", server_round, reason)
@@ -92,10 +97,14 @@ class ReplyDecoder:
             raise ValueError(f"node {node} sent no partition-id and hosts no known client")
         if self.directory.node_of.get(cid) != node:
             raise ValueError(f"node {node} answered for client {cid}, which it does not host")
-        if P.UPDATE in msg.content.array_records:
-            update = self._read_update(cid, msg.content[P.UPDATE])
+        arrays = msg.content.array_records
+        if P.UPDATE in arrays:
+            update = self._read_update(cid, arrays[P.UPDATE])
+        elif P.ARRAYS in arrays:
+            update = self._full_weights(cid, arrays[P.ARRAYS])
         else:
-            update = self._full_weights(cid, msg.content[P.ARRAYS])
+            raise ValueError(f"the answer has no ArrayRecord '{P.UPDATE}' (or '{P.ARRAYS}'); it has "
+                             f"{sorted(msg.content.keys())}")
         if not torch.isfinite(update).all():
             raise ValueError("update contains NaN or Inf")
         model_round = int(metrics.get("server-round", server_round))  # Flower's ClientApps do not say
@@ -104,9 +113,22 @@ class ReplyDecoder:
         steps = int(metrics.get("local-steps", 1))
         if steps < 1:
             raise ValueError(f"local-steps must be >= 1, got {steps}")
+        if float(update.double().norm()) > MAX_UPDATE_NORM:  # finite but absurd: would overflow the sum
+            raise ValueError(f"update norm {float(update.double().norm()):.3g} exceeds {MAX_UPDATE_NORM:g}")
         loss = metrics.get("train-loss")  # optional and informative only: a bad one is dropped, not the answer
         loss = float(loss) if isinstance(loss, (int, float)) else float("nan")
-        return cid, update, float(metrics["num-examples"]), steps, model_round, self.message_bits(cid), loss
+        return cid, update, self._num_examples(cid, metrics), steps, model_round, self.message_bits(cid), loss
+
+    def _num_examples(self, cid: int, metrics) -> float:
+        """The claimed sample count: a finite number >= 1, and no more than the client reported when it
+        registered (its shard), so one client cannot take over a sample-weighted average."""
+        n = metrics["num-examples"]
+        if isinstance(n, bool) or not isinstance(n, (int, float)) or not math.isfinite(n) or n < 1:
+            raise ValueError(f"num-examples must be a finite number >= 1, got {n!r}")
+        registered = self.directory.num_examples.get(cid)
+        if registered is not None and n > registered:
+            raise ValueError(f"num-examples {n:g} exceeds the {registered} examples client {cid} registered with")
+        return float(n)
 
     def _full_weights(self, cid: int, record: ArrayRecord) -> torch.Tensor:
         """Flower's convention: the trained model under ``arrays``; the update is it minus the model sent."""

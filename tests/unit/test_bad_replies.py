@@ -45,6 +45,33 @@ def test_bad_answer_is_rejected_and_others_are_used(case):
     assert not torch.equal(strategy.params, before)
 
 
+@pytest.mark.parametrize("case,reason", [
+    ("num-examples=-1", "num-examples"), ("num-examples=nan", "num-examples"),
+    ("num-examples=1e30", "exceeds the"), ("partition-id=inf", "OverflowError"), ("server-round=inf", "OverflowError"),
+    ("local-steps=nan", "ValueError"), ("huge", "update norm"), ("record-type", "update"),
+])
+def test_a_hostile_answer_is_one_rejection_not_a_crash(case, reason):
+    """What a node with a valid token once used to stop or steer a server: each is now one rejection
+    naming the reason, and the other answers are aggregated."""
+    def mutate(replies, strategy):
+        bad = replies[0]
+        metrics = dict(bad.content[P.METRICS])
+        if "=" in case:
+            key, value = case.split("=")
+            bad.content[P.METRICS] = MetricRecord({**metrics, key: float(value)})
+        elif case == "huge":
+            bad.content[P.UPDATE] = ArrayRecord(array_dict={P.UPDATE: Array(np.full(strategy.spec.dim, 3e38, np.float32))})
+        else:  # the update sent as a MetricRecord instead of an ArrayRecord
+            del bad.content[P.UPDATE]
+            bad.content[P.UPDATE] = MetricRecord({"update": 1.0})
+        return replies
+
+    before, strategy, metrics = _round_with(mutate)
+    assert metrics["server/rejected"] == 1 and reason in strategy.rejections[0]
+    assert metrics["participants"] == strategy.num_clients - 1
+    assert torch.isfinite(strategy.params).all() and not torch.equal(strategy.params, before)
+
+
 def test_all_answers_bad_keeps_the_model():
     def mutate(replies, strategy):
         for r in replies:
@@ -65,7 +92,8 @@ def test_client_rejects_unknown_partition_with_an_error_reply():
     assert reply.has_error() and "unknown client" in reply.error.reason
 
 
-def test_diverging_aggregate_keeps_model_and_strategy_state():
+def test_diverging_aggregate_keeps_model_and_strategy_state(monkeypatch):
+    monkeypatch.setattr("fedsim.strategies.replies.MAX_UPDATE_NORM", float("inf"))  # the last line of defense
     cfg, strategy, grid, arrays = federation(tiny_config(**{"strategy.name": "fedau", "participation": {"name": "full"}}))
     messages = list(strategy.configure_train(1, arrays, ConfigRecord({}), grid))
     replies = list(grid.send_and_receive(messages))
