@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+from contextlib import contextmanager
 import logging
 import math
 import random
@@ -129,7 +130,9 @@ class FlowerStrategy:
                  "local-steps": self.participation.local_steps, "batch-size": self.batch_size, "seed": self.seed,
                  **self.client_optimizer.config()}
         random.seed(job_seed(self.seed, server_round, 0))  # Flower's node sampling draws from Python's random
-        messages = self.inner.configure_train(server_round, arrays, ConfigRecord(train), _Available(grid, available))
+        with _quiet_flower():
+            messages = self.inner.configure_train(server_round, arrays, ConfigRecord(train),
+                                                  _Available(grid, available))
         latency = dict(zip(available, plan.latency.tolist()))
         return [_with_latency(m, latency[m.metadata.dst_node_id]) for m in messages]
 
@@ -152,7 +155,8 @@ class FlowerStrategy:
         if valid:
             before = self._snapshot()
             try:
-                arrays, metrics = self.inner.aggregate_train(server_round, valid)
+                with _quiet_flower():
+                    arrays, metrics = self.inner.aggregate_train(server_round, valid)
             except Exception as exc:  # noqa: BLE001 - Flower refused the round (e.g. inconsistent replies)
                 self._restore(before)
                 arrays, metrics = None, {}
@@ -229,6 +233,18 @@ class FlowerStrategy:
     def _restore(self, snapshot: dict) -> None:
         for key, value in snapshot.items():
             setattr(self.inner, key, _from_torch(copy.deepcopy(value)))
+
+
+@contextmanager
+def _quiet_flower():
+    """Flower's strategies log two INFO lines per round; fedsim reports rounds itself (warnings pass)."""
+    logger = logging.getLogger("flwr")
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 class _Available:
