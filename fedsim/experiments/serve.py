@@ -17,6 +17,7 @@ from ..config import ConfigError, ExperimentConfig
 from ..runtime.grpc_grid import GrpcGrid
 from ..runtime.grpc_service import DEFAULT_MAX_MESSAGE_MB, serve
 from ..runtime.security import TokenBook, is_loopback, server_credentials
+from .setup import load_client_data, make_strategy
 
 log = logging.getLogger("fedsim.grpc")
 
@@ -59,6 +60,7 @@ def run_server(cfg: ExperimentConfig, out: str | Path, opts: ServerOptions, *, r
     from .run import run_single
 
     check_options(opts)
+    make_strategy(cfg, load_client_data(cfg))  # every setting (participation, DP plan, ...) checked before anyone waits
     grid = grid or make_grid(cfg, opts)
     creds = None if opts.insecure else server_credentials(opts.tls_dir)
     server, port = serve(grid, opts.address, creds, max_message_bytes=int(opts.max_message_mb * 2**20))

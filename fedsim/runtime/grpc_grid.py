@@ -201,16 +201,35 @@ class GrpcGrid(RunGrid, FedsimGrid):
                     if req.owner is None and mid in self._outbox.get(req.dst, []):
                         self._outbox[req.dst].remove(mid)
 
-    def wait_for_nodes(self, timeout: float) -> bool:
-        """Block until every virtual client is registered (False after ``timeout`` seconds)."""
-        deadline = time.monotonic() + timeout
+    def wait_for_nodes(self, timeout: float, report_every: float = 10.0) -> bool:
+        """Block until every virtual client is registered (False after ``timeout`` seconds); every
+        ``report_every`` seconds log how many are missing and which."""
+        start = time.monotonic()
+        deadline, next_report = start + timeout, start + report_every
         with self._cond:
             while len(self._owner) < self.num_clients:
-                left = deadline - time.monotonic()
-                if left <= 0:
+                now = time.monotonic()
+                if now >= deadline:
                     return False
-                self._cond.wait(min(left, 1.0))
+                if now >= next_report:
+                    log.warning("waiting for clients: %d of %d registered after %.0f s; missing %s",
+                                len(self._owner), self.num_clients, now - start, self._missing())
+                    next_report = now + report_every
+                self._cond.wait(max(0.0, min(deadline, next_report) - now))
         return True
+
+    def _missing(self, show: int = 10) -> str:
+        """The first missing client ids, as ranges (call with the lock held)."""
+        have = {self.client_of[n] for n in self._owner}
+        missing = [c for c in range(self.num_clients) if c not in have]
+        ranges, start = [], None
+        for i, c in enumerate(missing):
+            if start is None:
+                start = c
+            if i + 1 == len(missing) or missing[i + 1] != c + 1:
+                ranges.append(f"{start}" if start == c else f"{start}-{c}")
+                start = None
+        return ", ".join(ranges[:show]) + (", ..." if len(ranges) > show else "")
 
     def close(self) -> None:
         """The run is over: nodes polling from now on are told to exit."""
