@@ -24,7 +24,7 @@ from fedsim.experiments.setup import load  # noqa: E402
 GRID = {
     "fedavg": ("client.lr", [0.01, 0.03, 0.05, 0.1, 0.2]),
     "fedavgm": ("strategy.server_lr", [0.1, 0.3, 1.0]),
-    "fedprox": ("strategy.mu", [0.001, 0.01, 0.1]),
+    "fedprox": ("strategy.mu", [0.001, 0.01, 0.1, 1.0]),
     "fedadam": ("server_optimizer.lr", [0.003, 0.01, 0.03, 0.1]),
     "fedadam-flower": ("strategy.args.eta", [0.003, 0.01, 0.03, 0.1]),
 }
