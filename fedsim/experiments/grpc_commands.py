@@ -96,14 +96,17 @@ def parse_shard(spec: str) -> tuple[int, int]:
 
 
 def _certs(args) -> int:
+    from ..config import ConfigError
     from .launch import contiguous
     from ..runtime.security import make_certs, write_tokens
 
-    make_certs(args.out, args.host)
-    print(f"CA and server certificate in {args.out}/ (ca.pem, server.pem, server.key)")
+    if args.tokens and args.num_clients < args.tokens:
+        raise ConfigError("fedsim certs --tokens N needs --num-clients (>= N): each token is bound to its "
+                          "contiguous range of the experiment's clients, so no node can answer for another's")
+    make_certs(args.out, args.host, days=args.days)
+    print(f"CA and server certificate in {args.out}/ (ca.pem, server.pem, server.key), valid {args.days} days")
     if args.tokens:
-        ranges = contiguous(args.num_clients, args.tokens) if args.num_clients else None
-        write_tokens(args.out, args.tokens, ranges)
+        write_tokens(args.out, args.tokens, contiguous(args.num_clients, args.tokens))
         print(f"{args.tokens} node tokens: {args.out}/node-<i>.token; server list: {args.out}/tokens.txt")
     return 0
 
@@ -165,7 +168,10 @@ def add_parsers(sub) -> None:
     k.add_argument("--out", required=True, help="output directory")
     k.add_argument("--host", action="append", default=[], help="extra server name or IP (repeatable)")
     k.add_argument("--tokens", type=int, default=0, help="also write this many node tokens")
-    k.add_argument("--num-clients", type=int, default=0, help="bind token i to the i-th contiguous client range")
+    k.add_argument("--num-clients", type=int, default=0,
+                   help="the experiment's data.num_clients: token i is bound to the i-th contiguous client range "
+                        "(required with --tokens)")
+    k.add_argument("--days", type=int, default=30, help="certificate lifetime in days (default 30)")
     k.set_defaults(func=_certs)
 
     la = sub.add_parser("launch", help="server + N client processes on 127.0.0.1, one command")

@@ -261,17 +261,22 @@ class GrpcGrid(RunGrid, FedsimGrid):
         if bad or not clients:
             self._refuse("bad_registration", f"refused {name}: clients {bad[:5] or '[]'} not in 0..{self.num_clients - 1}",
                          "INVALID_ARGUMENT")
-        if entry is not None and entry.clients is not None and not set(clients) <= entry.clients:
+        if entry is not None and not set(clients) <= entry.clients:
             self._refuse("unauthorized_clients", f"refused {name}: its token does not cover clients "
                          f"{sorted(set(clients) - entry.clients)[:5]}")
         sid = secrets.token_hex(16)
         with self._cond:
             nodes = {self.node_ids[c] for c in clients}
+            taken: dict[str, int] = {}  # previous owner's name -> clients taken from it
             for nid in nodes:
                 old = self._owner.get(nid)
                 if old is not None and old != sid:
+                    previous = self._sessions[old].name if old in self._sessions else "an ended session"
+                    taken[previous] = taken.get(previous, 0) + 1
                     self._release(old, nid)
                 self._owner[nid] = sid
+            for previous, count in taken.items():  # a restarted node, or someone else holding a valid token
+                log.warning("%s at %s took over %d clients from %s", name, peer, count, previous)
             self._sessions[sid] = _Session(name, nodes)
             self._cond.notify_all()
         log.info("%s registered %d clients", name, len(nodes))

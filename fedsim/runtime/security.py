@@ -73,7 +73,7 @@ def is_loopback(address: str) -> bool:
 class NodeToken:
     name: str
     token: str
-    clients: frozenset[int] | None  # None: any client
+    clients: frozenset[int]  # the only clients this token may register
 
 
 class TokenBook:
@@ -89,10 +89,10 @@ class TokenBook:
             fields = line.split("#", 1)[0].split()
             if not fields:
                 continue
-            if len(fields) not in (2, 3):
-                raise ValueError(f"{path}:{n}: expected 'NAME TOKEN [CLIENTS]'")
-            clients = frozenset(parse_clients(fields[2])) if len(fields) == 3 else None
-            entries.append(NodeToken(fields[0], fields[1], clients))
+            if len(fields) != 3:
+                raise ValueError(f"{path}:{n}: expected 'NAME TOKEN CLIENTS' (a token without its client range "
+                                 "would let one node answer for any other's clients)")
+            entries.append(NodeToken(fields[0], fields[1], frozenset(parse_clients(fields[2]))))
         if not entries:
             raise ValueError(f"{path}: no tokens")
         return cls(entries)
@@ -109,8 +109,11 @@ def new_token() -> str:
     return secrets.token_urlsafe(24)
 
 
-def write_tokens(out: str | Path, n: int, ranges: list[list[int]] | None = None) -> list[Path]:
-    """Write ``node-<i>.token`` (mode 600) and ``tokens.txt``; ``ranges[i]`` binds node i to clients."""
+def write_tokens(out: str | Path, n: int, ranges: list[list[int]]) -> list[Path]:
+    """Write ``node-<i>.token`` (mode 600) and ``tokens.txt``; ``ranges[i]`` binds node i to its clients
+    (a token is never valid for any client: one node could take over another's)."""
+    if len(ranges) != n or not all(ranges):
+        raise ValueError(f"every one of the {n} tokens needs its own non-empty client range")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     lines, files = [], []
@@ -119,8 +122,7 @@ def write_tokens(out: str | Path, n: int, ranges: list[list[int]] | None = None)
         path = out / f"node-{i}.token"
         _write_private(path, token + "\n")
         files.append(path)
-        bound = f" {format_clients(ranges[i])}" if ranges else ""
-        lines.append(f"node-{i} {token}{bound}")
+        lines.append(f"node-{i} {token} {format_clients(ranges[i])}")
     _write_private(out / TOKENS, "\n".join(lines) + "\n")
     return files
 
@@ -133,7 +135,9 @@ def read_token(path: str | Path) -> str:
 
 
 def make_certs(out: str | Path, hosts: list[str] = (), days: int = 30) -> Path:
-    """Self-signed CA + server certificate for testing (EC P-256)."""
+    """Self-signed CA + server certificate (EC P-256), valid for ``days``; the server key mode 600."""
+    if days < 1:
+        raise ValueError(f"certificate lifetime must be >= 1 day, got {days}")
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -161,8 +165,8 @@ def make_certs(out: str | Path, hosts: list[str] = (), days: int = 30) -> Path:
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .sign(ca_key, hashes.SHA256()))
     pem = serialization.Encoding.PEM
-    (out / CA).write_bytes(ca.public_bytes(pem))
-    (out / SERVER_CERT).write_bytes(cert.public_bytes(pem))
+    _write_atomic(out / CA, ca.public_bytes(pem), 0o644)
+    _write_atomic(out / SERVER_CERT, cert.public_bytes(pem), 0o644)
     _write_private(out / SERVER_KEY, key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
                                                        serialization.NoEncryption()).decode())
     return out
@@ -186,6 +190,21 @@ def _is_ip(host: str) -> bool:
 
 
 def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
+    """A secret: mode 600 whatever was there before."""
+    _write_atomic(path, text.encode(), 0o600)
+
+
+def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+    """Write a fresh file next to ``path`` (never through a symlink: O_EXCL | O_NOFOLLOW) and rename it
+    over ``path``: a symlink or an older file with wider permissions is replaced, not written through."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, mode)  # the umask may have narrowed it; never widened
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -131,11 +131,41 @@ def test_security_helpers(tmp_path):
         parse_clients("3-1")
     assert is_loopback("127.0.0.1:9400") and is_loopback("localhost:1") and is_loopback("[::1]:5")
     assert not is_loopback("10.0.0.1:9400") and not is_loopback("0.0.0.0:9400")
-    write_tokens(tmp_path, 1)
+    write_tokens(tmp_path, 1, [[0, 1]])
     book = TokenBook.load(tmp_path / "tokens.txt")
-    assert book.check((tmp_path / "node-0.token").read_text().strip()).clients is None
+    assert book.check((tmp_path / "node-0.token").read_text().strip()).clients == {0, 1}
     assert book.check("nope") is None
     assert (tmp_path / "node-0.token").stat().st_mode & 0o077 == 0
+
+
+def test_tokens_are_always_bound_to_client_ranges(tmp_path):
+    from fedsim.cli import main
+
+    assert main(["certs", "--out", str(tmp_path / "c"), "--tokens", "2"]) == 2  # no --num-clients: refused
+    (tmp_path / "tokens.txt").write_text("node-0 secret\n")  # a hand-written unbound token
+    with pytest.raises(ValueError, match="NAME TOKEN CLIENTS"):
+        TokenBook.load(tmp_path / "tokens.txt")
+    with pytest.raises(ValueError, match="client range"):
+        write_tokens(tmp_path / "d", 2, [[0, 1]])
+
+
+def test_rewriting_secrets_replaces_symlinks_and_wide_modes(tmp_path):
+    from fedsim.cli import main
+
+    out = tmp_path / "c"
+    out.mkdir()
+    victim = tmp_path / "elsewhere.txt"
+    victim.write_text("keep me")
+    (out / "server.key").symlink_to(victim)  # a planted symlink is not written through
+    (out / "node-0.token").write_text("old")
+    (out / "node-0.token").chmod(0o644)
+    assert main(["certs", "--out", str(out), "--tokens", "2", "--num-clients", "4", "--days", "365"]) == 0
+    assert victim.read_text() == "keep me" and not (out / "server.key").is_symlink()
+    for name in ("server.key", "node-0.token", "node-1.token", "tokens.txt"):
+        assert (out / name).stat().st_mode & 0o077 == 0, name
+    from cryptography import x509
+    cert = x509.load_pem_x509_certificate((out / "server.pem").read_bytes())
+    assert (cert.not_valid_after_utc - cert.not_valid_before_utc).days >= 365
 
 
 def test_a_replaced_session_is_told_so(fleet, certs):
