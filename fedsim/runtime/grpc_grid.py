@@ -36,7 +36,7 @@ from flwr.supercore.run import Run
 from . import protocol as P
 from .grid import ArrivalQueue, FedsimGrid
 from .inprocess import RunGrid, client_node_ids, set_task_identity
-from .security import TokenBook
+from .security import NodeToken, TokenBook
 
 log = logging.getLogger("fedsim.grpc")
 
@@ -252,10 +252,23 @@ class GrpcGrid(RunGrid, FedsimGrid):
             return set(self._requests)
 
     # --- node side (called from gRPC worker threads) ----------------------------------------------
-    def register(self, token: str, clients: list[int], peer: str = "?") -> tuple[str, dict]:
-        entry = self.tokens.check(token) if self.tokens is not None else None
-        if self.tokens is not None and entry is None:
+    def authenticate(self, token: str, peer: str = "?") -> NodeToken | None:
+        """The token's entry (None without a token book: loopback test mode); raises ``Refused``.
+        Called before the request body is read."""
+        if self.tokens is None:
+            return None
+        entry = self.tokens.check(token)
+        if entry is None:
             self._refuse("unauthenticated", f"refused node at {peer}: unknown token", "UNAUTHENTICATED")
+        return entry
+
+    def check_session(self, sid: str) -> None:
+        """Raise ``Refused`` for an unknown or replaced session (before a Push body is read)."""
+        with self._cond:
+            self._session(sid)
+
+    def register(self, entry: NodeToken | None, clients: list[int], peer: str = "?") -> tuple[str, dict]:
+        """Register an authenticated node (``authenticate``) for ``clients``."""
         name = entry.name if entry else f"node@{peer}"
         bad = [c for c in clients if not 0 <= c < self.num_clients]
         if bad or not clients:

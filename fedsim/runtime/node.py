@@ -83,7 +83,7 @@ class Node:
 
     def _register(self, stub: FleetStub) -> str:
         try:
-            raw = stub.register(json.dumps({"token": self.token, "clients": self.clients}).encode(), timeout=30)
+            raw = stub.register(self.token, self.clients, timeout=30)
         except grpc.RpcError as exc:
             if exc.code() in REFUSED:
                 raise NodeRefused(exc.details()) from None
