@@ -324,15 +324,22 @@ def _differing_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 def _restore(path: Path, cfg: ExperimentConfig, strategy, grid, metrics_path: Path):
     state = read_checkpoint(path)
-    if state["config"] != cfg.to_dict():
-        keys = _differing_keys(state["config"], cfg.to_dict())
+    keys = _differing_keys(state["config"], cfg.to_dict())
+    extended = keys == ["rounds"] and cfg.rounds > state["config"]["rounds"]
+    if extended and (cfg.privacy.user_level or cfg.client.lr_schedule == "cosine"):
+        raise CheckpointError(f"checkpoint {path}: rounds cannot be extended from {state['config']['rounds']} to "
+                              f"{cfg.rounds} here: the {'user-level DP noise' if cfg.privacy.user_level else 'cosine lr schedule'}"
+                              " was planned for the original number of rounds; use another --out")
+    if keys and not extended:
         raise CheckpointError(f"checkpoint {path} was written by a different config (differs in "
-                              f"{', '.join(keys[:8])}{', ...' if len(keys) > 8 else ''}); use another --out")
+                              f"{', '.join(keys[:8])}{', ...' if len(keys) > 8 else ''}); use another --out "
+                              "(only rounds may grow on --resume)")
     strategy.load_state_dict(state["strategy"])
     grid.load_state_dict(state["grid"])
     rnd = int(state["round"])
     if metrics_path.exists():  # drop rows written after the checkpoint
         rows = [r for r in read_rows(metrics_path) if r["round"] <= rnd]
         metrics_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    first = cfg.rounds + 1 if state["finished"] else rnd + 1  # a finished run is only re-summarised
-    return first, strategy.global_arrays()
+    # a finished run is only re-summarised, unless rounds grew past where it stopped
+    done = state["finished"] and not (extended and rnd == state["config"]["rounds"])
+    return (cfg.rounds + 1 if done else rnd + 1), strategy.global_arrays()

@@ -81,3 +81,16 @@ def test_a_full_disk_is_named_and_the_previous_checkpoint_kept(finished, monkeyp
 def test_non_finite_settings_are_refused_at_load(key, value):
     with pytest.raises(ConfigError, match=f"'{key}' must be a finite number"):
         load_config(tiny_config(**{key: value}))
+
+
+def test_resume_can_extend_rounds_and_matches_a_longer_run(tmp_path):
+    short, longer = load_config(tiny_config(rounds=4)), load_config(tiny_config(rounds=7))
+    run_single(short, tmp_path / "ext", progress=False)
+    extended = run_single(longer, tmp_path / "ext", resume=True, progress=False)
+    straight = run_single(longer, tmp_path / "straight", progress=False)
+    assert extended["rounds"] == 7 and extended["final_accuracy"] == straight["final_accuracy"]
+    assert (tmp_path / "ext" / "metrics.jsonl").read_text() == (tmp_path / "straight" / "metrics.jsonl").read_text()
+    cosine = {"client.lr_schedule": "cosine"}  # its rates depend on the planned number of rounds
+    run_single(load_config(tiny_config(rounds=4, **cosine)), tmp_path / "cos", progress=False)
+    with pytest.raises(CheckpointError, match="planned for the original number of rounds"):
+        run_single(load_config(tiny_config(rounds=9, **cosine)), tmp_path / "cos", resume=True, progress=False)
