@@ -40,6 +40,8 @@ from .security import NodeToken, TokenBook
 
 log = logging.getLogger("fedsim.grpc")
 
+MAX_POLLS_PER_SESSION = 4  # a node polls one at a time; a few more cover a retry racing a slow reply
+
 
 class Refused(Exception):
     """A node request the server turns down; ``kind`` names the counter, ``code`` the gRPC status."""
@@ -63,6 +65,7 @@ class _Session:
     nodes: set[int] = field(default_factory=set)
     last_seen: float = field(default_factory=time.monotonic)
     told_done: bool = False
+    polls: int = 0  # long polls now open (bounded: one session must not hold every server thread)
 
 
 class GrpcGrid(RunGrid, FedsimGrid):
@@ -300,13 +303,21 @@ class GrpcGrid(RunGrid, FedsimGrid):
         """Messages for the session's nodes (blocks up to ``wait`` s); ``(done, messages)``."""
         deadline = time.monotonic() + wait
         with self._cond:
-            while True:
-                session = self._session(sid)
-                session.last_seen = time.monotonic()
-                mids = [m for nid in session.nodes for m in self._outbox.pop(nid, [])]
-                if mids or self.done or time.monotonic() >= deadline:
-                    break
-                self._cond.wait(max(0.0, min(deadline - time.monotonic(), 1.0)))
+            session = self._session(sid)
+            if session.polls >= MAX_POLLS_PER_SESSION:
+                self._refuse("too_many_polls", f"refused a poll of {session.name}: {session.polls} already open",
+                             "RESOURCE_EXHAUSTED")
+            session.polls += 1
+            try:
+                while True:
+                    session = self._session(sid)
+                    session.last_seen = time.monotonic()
+                    mids = [m for nid in session.nodes for m in self._outbox.pop(nid, [])]
+                    if mids or self.done or time.monotonic() >= deadline:
+                        break
+                    self._cond.wait(max(0.0, min(deadline - time.monotonic(), 1.0)))
+            finally:
+                session.polls -= 1
             out = []
             for mid in sorted(mids, key=lambda m: self._requests[m].seq):
                 self._requests[mid].owner = sid

@@ -74,6 +74,29 @@ def test_unauthenticated_bodies_are_refused_before_they_are_read(fleet, certs):
     assert stats["unauthenticated"] == 1 and stats["unknown_session"] == 1 and not stats.get("malformed")
 
 
+def test_one_session_cannot_hold_every_server_thread(fleet, certs):
+    """Long polls are bounded per session: more than a few at once are refused, so an authenticated
+    node opening hundreds cannot starve the others."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    grid, address = fleet
+    channel, stub = _stub(certs, address)
+    with channel:
+        sid, _ = _register(stub, certs, 0, [0, 1])
+
+        def poll(_):
+            try:
+                list(stub.pull(b'{"wait": 2}', metadata=((SESSION_KEY, sid),), timeout=10))
+                return "ok"
+            except grpc.RpcError as exc:
+                return exc.code()
+
+        with ThreadPoolExecutor(12) as pool:
+            codes = list(pool.map(poll, range(12)))
+    assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 12 - 4 and codes.count("ok") >= 1
+    assert grid.transport_stats()["too_many_polls"] >= 8
+
+
 def test_token_only_covers_its_own_clients(fleet, certs):
     grid, address = fleet
     channel, stub = _stub(certs, address)
