@@ -79,7 +79,8 @@ def comparison_table(summaries: dict[str, dict]) -> str:
         head += " attack success: final / mean of last 5 |"
     lines = [head, "|" + "---|" * (10 + private + stale + attacked)]
     for arm, s in summaries.items():
-        line = (f"| {arm} | {s['rounds']} | {s['final_accuracy']:.4f} | {s['tail_accuracy']:.4f} | "
+        name = f"{arm} (failed)" if "failed" in s else arm
+        line = (f"| {name} | {s['rounds']} | {s['final_accuracy']:.4f} | {s['tail_accuracy']:.4f} | "
                 f"{s['best_accuracy']:.4f} | {s['final_loss']:.4f} | {s['virtual_time']:.1f} | "
                 f"{s['bytes_up'] / 1e6:.2f} | {s['bytes_down'] / 1e6:.2f} | {s['wall_seconds']:.1f} |")
         if private:
@@ -91,6 +92,7 @@ def comparison_table(summaries: dict[str, dict]) -> str:
             line += (f" {s['final_attack_success']:.4f} / {s['tail_attack_success']:.4f} |"
                      if "final_attack_success" in s else " — |")
         lines.append(line)
+    lines += [f"\n{arm} failed: {s['failed']}" for arm, s in summaries.items() if "failed" in s]
     return "\n".join(lines)
 
 
@@ -128,6 +130,9 @@ def aggregate_seeds(per_seed: dict[str, dict[int, dict]]) -> dict[str, dict]:
     for arm, runs in per_seed.items():
         first = next(iter(runs.values()))
         row = {"seeds": sorted(runs)}
+        failed = [seed for seed in sorted(runs) if "failed" in runs[seed]]
+        if failed:
+            row["failed_seeds"] = {str(seed): runs[seed]["failed"] for seed in failed}
         for f in SEED_FIELDS + tuple(f for f in OPTIONAL_SEED_FIELDS if all(f in r for r in runs.values())):
             values = [runs[seed][f] for seed in sorted(runs)]
             mean, std = mean_std(values)
@@ -152,13 +157,16 @@ def seed_table(aggregate: dict[str, dict]) -> str:
         cells = [f"{a[f]['mean']:.4f} ± {a[f]['std']:.4f}" for f in SEED_FIELDS[:4]]
         lo, hi = a["final_accuracy"]["ci95"]
         cells.insert(1, f"[{lo:.4f}, {hi:.4f}]")
-        line = f"| {arm} | {len(a['seeds'])} | {' | '.join(cells)} | {a['wall_seconds']['mean']:.1f} |"
+        name = f"{arm} ({len(a['failed_seeds'])} failed)" if a.get("failed_seeds") else arm
+        line = f"| {name} | {len(a['seeds'])} | {' | '.join(cells)} | {a['wall_seconds']['mean']:.1f} |"
         line += _privacy_cell(a) if private else ""
         if attacked:
             rate = a.get("final_attack_success")
             line += (f" {rate['mean']:.4f} ± {rate['std']:.4f} | [{rate['ci95'][0]:.4f}, {rate['ci95'][1]:.4f}] |"
                      if rate else " — | — |")
         lines.append(line)
+    lines += [f"\n{arm} seed {seed} failed: {why}" for arm, a in aggregate.items()
+              for seed, why in a.get("failed_seeds", {}).items()]
     return "\n".join(lines)
 
 

@@ -66,7 +66,7 @@ def run_config(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, 
         echo(comparison_table({arm: summary}))
         return {arm: summary}
     summaries = {arm: run_single(arm_cfg, out / arm, resume=_arm_resume(out / arm, resume), progress=progress,
-                                 label=arm) for arm, arm_cfg in arms.items()}
+                                 label=arm, keep_going=True) for arm, arm_cfg in arms.items()}
     table = comparison_table(summaries)
     runs = {arm: read_rows(out / arm / "metrics.jsonl") for arm in arms}
     if any("final_accuracy_stale_classes" in s for s in summaries.values()):  # slow clients: accuracy vs time
@@ -89,7 +89,8 @@ def run_seeds(cfg: ExperimentConfig, out: Path, *, resume: bool = False, progres
         for arm, arm_cfg in _arms_with_seed(cfg, seed).items():
             run_dir = out / arm / f"seed-{seed}"
             per_seed.setdefault(arm, {})[seed] = run_single(arm_cfg, run_dir, resume=_arm_resume(run_dir, resume),
-                                                            progress=progress, label=f"{arm} seed {seed}")
+                                                            progress=progress, label=f"{arm} seed {seed}",
+                                                            keep_going=True)
     agg = aggregate_seeds(per_seed)
     table = seed_table(agg)
     out.mkdir(parents=True, exist_ok=True)
@@ -122,11 +123,13 @@ def _arms_with_seed(cfg: ExperimentConfig, seed: int) -> dict[str, ExperimentCon
 
 
 def run_single(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, progress: bool = True,
-               label: str | None = None, grid=None) -> dict:
+               label: str | None = None, grid=None, keep_going: bool = False) -> dict:
     """Run one federation and write its outputs; ``grid`` defaults to a fresh in-process grid.
 
     With another Flower ``Grid`` (e.g. under ``flwr run``) clients train wherever that grid puts
-    them; checkpoints then hold the server's state only.
+    them; checkpoints then hold the server's state only. A run that diverges (every answer rejected,
+    or a non-finite aggregate) raises, unless ``keep_going`` (the arms of a comparison): then it stops
+    there and its summary says ``failed`` with the reason, so the other arms still run.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -195,8 +198,14 @@ def run_single(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, 
                 _save(ckpt_path, cfg, res.round, strategy, grid, finished=last)
             return last
 
+        failed = None
         try:
             run_rounds(strategy, grid, arrays, first_round=first, last_round=cfg.rounds, on_round=on_round)
+        except (NoValidAnswers, FloatingPointError) as exc:
+            if not keep_going:
+                raise
+            failed = str(exc)
+            log.warning("%s stopped: %s", label or cfg.name, failed)
         finally:
             if own_grid:
                 grid.close()
@@ -205,7 +214,13 @@ def run_single(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, 
     wall = time.monotonic() - t_start
     if first > cfg.rounds and (out / "summary.json").exists():  # only re-summarised: keep the run's own time
         wall = json.loads((out / "summary.json").read_text()).get("wall_seconds", wall)
+    if failed is not None and not any(r["accuracy"] is not None for r in rows):  # stopped before an evaluation
+        ev = evaluate_classes(eval_model, spec, strategy.params, data.dataset.test, limit=limit)
+        rows = rows or [{"round": 0, "virtual_time": 0.0, "bytes_up": 0, "bytes_down": 0}]
+        rows[-1] = {**rows[-1], "accuracy": ev["accuracy"], "loss": ev["loss"]}
     summary = _summary(cfg, rows, wall)
+    if failed is not None:
+        summary["failed"] = failed
     if adversary is not None:
         summary["adversary"] = {"behaviour": adversary.behaviour, "malicious_clients": len(adversary.clients)}
     summary["runtime"] = "in-process" if isinstance(grid, InProcessGrid) else type(grid).__name__

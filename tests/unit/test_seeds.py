@@ -47,3 +47,18 @@ def test_a_single_seed_reaches_every_arm(tmp_path):
                       arms={"fedavg": {"strategy": {"name": "fedavg"}}, "fedau": {"strategy": {"name": "fedau"}}})
     summaries = run_config(load_config(raw), tmp_path, progress=False, echo=lambda _: None)
     assert {arm: s["seed"] for arm, s in summaries.items()} == {"fedavg": 5, "fedau": 5}
+
+
+def test_a_diverging_arm_is_reported_and_the_others_still_run(tmp_path):
+    """In a comparison (and per seed) a diverged arm stops where it diverged, says so in every table,
+    and does not stop the arms after it."""
+    from fedsim.experiments.run import run_config
+
+    raw = tiny_config(rounds=4, seeds=[0, 1])
+    # every client answers with noise of norm ~1e10: each answer is rejected, the arm cannot go on
+    raw["arms"] = {"blows-up": {"adversary": {"behaviour": "noise", "fraction": 0.99, "noise_std": 1e9}}, "fine": {}}
+    agg = run_config(load_config(raw), tmp_path, progress=False, echo=lambda *_: None)
+    assert set(agg["blows-up"]["failed_seeds"]) == {"0", "1"} and "failed_seeds" not in agg["fine"]
+    table = (tmp_path / "comparison.md").read_text()
+    assert "blows-up (2 failed)" in table and "seed 0 failed: round" in table
+    assert json.loads((tmp_path / "fine" / "seed-1" / "summary.json").read_text())["rounds"] == 4
