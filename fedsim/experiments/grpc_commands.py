@@ -116,7 +116,7 @@ def _launch(args) -> int:
 
     _terminate_as_interrupt()
     return launch(args.config, args.set, processes=args.processes, out=args.out, insecure=args.insecure,
-                  round_timeout=args.round_timeout, quiet=args.quiet)
+                  round_timeout=args.round_timeout, quiet=args.quiet, resume=args.resume)
 
 
 def _terminate_as_interrupt() -> None:
@@ -182,5 +182,6 @@ def add_parsers(sub) -> None:
     la.add_argument("--insecure", action="store_true", help="plaintext and no tokens (default: TLS + tokens)")
     la.add_argument("--round-timeout", type=float, default=120.0, help="wall seconds a round waits for answers")
     la.add_argument("--quiet", action="store_true", help="no progress output")
+    la.add_argument("--resume", action="store_true", help="continue each run (arm) from its checkpoint in OUT")
     la.set_defaults(func=_launch)
 

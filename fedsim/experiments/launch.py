@@ -6,7 +6,9 @@ certificate and one token per node bound to its client range (unless ``--insecur
 client ranges (they retry until the server listens), forward the server's output, and wait. Outputs are ``fedsim run``'s
 (``metrics.jsonl``, ``summary.json``, ``curves.png``, ``checkpoint.pt``; plus ``comparison.*`` for
 arms); node logs go to ``OUT/.launch/node-<i>.log``. On exit, error or Ctrl-C every child still
-running is terminated by its PID (SIGTERM, then SIGKILL after a grace period).
+running is terminated by its PID (SIGTERM, then SIGKILL after a grace period); if the launcher itself
+is killed (SIGKILL), the kernel sends its children SIGTERM (Linux). ``--resume`` continues every run
+(arm) that has a checkpoint, through ``fedsim server --resume``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from ..config import ConfigError, arm_configs
 from .setup import load as load_config
 
 
-
 def contiguous(num_clients: int, parts: int) -> list[list[int]]:
     """Split ``0..num_clients-1`` into ``parts`` contiguous, nearly equal ranges."""
     if not 1 <= parts <= num_clients:
@@ -39,7 +40,7 @@ def contiguous(num_clients: int, parts: int) -> list[list[int]]:
 
 
 def launch(config: str, overrides: list[str], *, processes: int, out: str | None = None, insecure: bool = False,
-           round_timeout: float = 120.0, quiet: bool = False, echo=print) -> int:
+           round_timeout: float = 120.0, quiet: bool = False, resume: bool = False, echo=print) -> int:
     from .report import comparison_table, plot_curves, read_rows
 
     cfg = load_config(config, overrides)
@@ -49,7 +50,8 @@ def launch(config: str, overrides: list[str], *, processes: int, out: str | None
     for arm, arm_cfg in arms.items():
         arm_out = out / arm if cfg.arms else out
         code = _launch_one(config, overrides, arm if cfg.arms else None, arm_cfg.data.num_clients, processes,
-                           arm_out, insecure, round_timeout, quiet, echo)
+                           arm_out, insecure, round_timeout, quiet, echo,
+                           resume=resume and (arm_out / "checkpoint.pt").exists())
         if code != 0:
             return code
         summaries[arm] = json.loads((arm_out / "summary.json").read_text())
@@ -63,7 +65,8 @@ def launch(config: str, overrides: list[str], *, processes: int, out: str | None
     return 0
 
 
-def _launch_one(config, overrides, arm, num_clients, processes, out: Path, insecure, round_timeout, quiet, echo) -> int:
+def _launch_one(config, overrides, arm, num_clients, processes, out: Path, insecure, round_timeout, quiet, echo, *,
+                resume: bool = False) -> int:
     from ..runtime.security import make_certs, write_tokens
 
     ranges = contiguous(num_clients, processes)
@@ -77,6 +80,8 @@ def _launch_one(config, overrides, arm, num_clients, processes, out: Path, insec
         server_cmd += ["--arm", arm]
     if quiet:
         server_cmd.append("--quiet")
+    if resume:
+        server_cmd.append("--resume")
     if insecure:
         server_cmd.append("--insecure")
         secure: list[list[str]] = [["--insecure"]] * processes
@@ -88,7 +93,7 @@ def _launch_one(config, overrides, arm, num_clients, processes, out: Path, insec
     children: list[subprocess.Popen] = []
     logs = []
     try:
-        server = subprocess.Popen(server_cmd, stdout=subprocess.PIPE, text=True, bufsize=1)
+        server = subprocess.Popen(server_cmd, stdout=subprocess.PIPE, text=True, bufsize=1, preexec_fn=_die_with_parent)
         children.append(server)
         _forward(server, echo)
         for i, (clients, sec) in enumerate(zip(ranges, secure)):  # they retry until the server is up
@@ -96,7 +101,7 @@ def _launch_one(config, overrides, arm, num_clients, processes, out: Path, insec
             logs.append(log)
             cmd = [*fedsim, "client", "--server", f"127.0.0.1:{port}", "--clients", f"{clients[0]}-{clients[-1]}",
                    "--name", f"node-{i}", "--max-wait", str(max(30.0, round_timeout)), *sec]
-            children.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
+            children.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent))
         echo(f"launched server (pid {server.pid}) and {processes} client processes on 127.0.0.1:{port}")
         return _wait(server, children[1:], echo)
     except KeyboardInterrupt:
@@ -106,6 +111,16 @@ def _launch_one(config, overrides, arm, num_clients, processes, out: Path, insec
         _terminate(children)
         for log in logs:
             log.close()
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the launcher dies, even by SIGKILL (Linux prctl
+    PR_SET_PDEATHSIG); elsewhere a no-op, and the launcher's own cleanup is what stops them."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
 
 
 def _free_port() -> int:

@@ -349,8 +349,12 @@ def _restore(path: Path, cfg: ExperimentConfig, strategy, grid, metrics_path: Pa
         raise CheckpointError(f"checkpoint {path} was written by a different config (differs in "
                               f"{', '.join(keys[:8])}{', ...' if len(keys) > 8 else ''}); use another --out "
                               "(only rounds may grow on --resume)")
-    strategy.load_state_dict(state["strategy"])
-    grid.load_state_dict(state["grid"])
+    try:
+        strategy.load_state_dict(state["strategy"])
+        grid.load_state_dict(state["grid"])
+    except (KeyError, ValueError, TypeError) as exc:  # e.g. a gRPC server's checkpoint resumed in-process
+        raise CheckpointError(f"checkpoint {path} does not fit this run ({type(exc).__name__}: {exc}); a checkpoint "
+                              "resumes on the runtime that wrote it (fedsim run, or fedsim server / launch)") from None
     rnd = int(state["round"])
     if metrics_path.exists():  # drop rows written after the checkpoint
         rows = [r for r in read_rows(metrics_path) if r["round"] <= rnd]
