@@ -223,7 +223,7 @@ def run_single(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, 
         summary["failed"] = failed
     if adversary is not None:
         summary["adversary"] = {"behaviour": adversary.behaviour, "malicious_clients": len(adversary.clients)}
-    summary["runtime"] = "in-process" if isinstance(grid, InProcessGrid) else type(grid).__name__
+    summary["runtime"] = _runtime(grid)
     transport = grid.transport_stats()  # answers the transport refused (auth, foreign, oversized, late)
     if transport is not None:
         summary["transport"] = transport
@@ -321,8 +321,12 @@ def read_checkpoint(path: Path) -> dict:
 
 
 def _save(path: Path, cfg: ExperimentConfig, rnd: int, strategy, grid, finished: bool) -> None:
-    write_checkpoint(path, {"version": CHECKPOINT_VERSION, "round": rnd, "finished": finished,
+    write_checkpoint(path, {"version": CHECKPOINT_VERSION, "round": rnd, "finished": finished, "runtime": _runtime(grid),
                             "config": cfg.to_dict(), "strategy": strategy.state_dict(), "grid": grid.state_dict()})
+
+
+def _runtime(grid) -> str:
+    return "in-process" if isinstance(grid, InProcessGrid) else type(grid).__name__
 
 
 def _differing_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -339,6 +343,9 @@ def _differing_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 def _restore(path: Path, cfg: ExperimentConfig, strategy, grid, metrics_path: Path):
     state = read_checkpoint(path)
+    if state.get("runtime", _runtime(grid)) != _runtime(grid):  # client state and queues differ between runtimes
+        raise CheckpointError(f"checkpoint {path} was written by the {state['runtime']} runtime; a checkpoint resumes "
+                              "on the runtime that wrote it (fedsim run, or fedsim server / launch --resume)")
     keys = _differing_keys(state["config"], cfg.to_dict())
     extended = keys == ["rounds"] and cfg.rounds > state["config"]["rounds"]
     if extended and (cfg.privacy.user_level or cfg.client.lr_schedule == "cosine"):

@@ -94,3 +94,15 @@ def test_resume_can_extend_rounds_and_matches_a_longer_run(tmp_path):
     run_single(load_config(tiny_config(rounds=4, **cosine)), tmp_path / "cos", progress=False)
     with pytest.raises(CheckpointError, match="planned for the original number of rounds"):
         run_single(load_config(tiny_config(rounds=9, **cosine)), tmp_path / "cos", resume=True, progress=False)
+
+
+def test_a_grpc_checkpoint_resumed_in_process_is_a_named_error(tmp_path):
+    from grpc_harness import NodeThread, ServerThread, split
+
+    raw = tiny_config(rounds=3)
+    server = ServerThread(raw, tmp_path / "grpc")
+    threads = [NodeThread(server.address, r) for r in split(raw["data"]["num_clients"], 2)]
+    server.result(90)
+    [t.join(20) for t in threads]
+    with pytest.raises(CheckpointError, match="resumes on the runtime that wrote it"):
+        run_single(load_config(raw), tmp_path / "grpc", resume=True, progress=False)
