@@ -109,8 +109,9 @@ class Node:
         return True
 
     def _push(self, stub: FleetStub, meta, reply: Message) -> None:
+        data = message_to_proto(reply).SerializeToString()
         try:
-            stub.push(message_to_proto(reply).SerializeToString(), metadata=meta, timeout=60)
+            stub.push(data, metadata=meta, timeout=60)
             self.answered += 1
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.UNAVAILABLE:
@@ -118,6 +119,10 @@ class Node:
             if exc.code() == grpc.StatusCode.UNAUTHENTICATED:  # our session was replaced: re-register
                 raise
             log.warning("%s: reply to %s refused: %s", self.name, reply.metadata.reply_to_message_id, exc.details())
+            if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and not reply.has_error():
+                # too large for the transport: say so in a small error reply, so the round need not wait for it
+                reason = f"the reply of {len(data)} bytes was refused as too large ({exc.details()})"
+                self._push(stub, meta, Message(metadata=reply.metadata, error=Error(code=413, reason=reason)))
 
     # --- answering -------------------------------------------------------------------------------
     def _prepare(self, info: dict) -> None:

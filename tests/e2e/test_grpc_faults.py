@@ -27,7 +27,9 @@ def _rows(path):
 
 
 class RogueNode(Node):
-    """Corrupts the answers of clients 0-3: NaN, float64, wrong shape, oversized."""
+    """Corrupts the answers of clients 0-4: NaN, float64, wrong shape, over fedsim's size limit, and
+    over the transport's own cap (gRPC refuses it before fedsim sees it; the node then sends a small
+    error reply, so the round does not wait for the timeout)."""
 
     def answer(self, messages):
         replies = super().answer(messages)
@@ -37,7 +39,7 @@ class RogueNode(Node):
             cid = int(reply.content[P.METRICS]["partition-id"])
             update = reply.content[P.UPDATE][P.UPDATE].numpy().copy()
             bad = {0: np.full_like(update, np.nan), 1: update.astype(np.float64), 2: update[:-1],
-                   3: np.zeros(20_000, dtype=np.float32)}.get(cid)
+                   3: np.zeros(20_000, dtype=np.float32), 4: np.zeros(400_000, dtype=np.float32)}.get(cid)
             if bad is not None:
                 reply.content[P.UPDATE] = ArrayRecord(array_dict={P.UPDATE: Array(bad)})
         return replies
@@ -46,17 +48,17 @@ class RogueNode(Node):
 def test_malformed_answers_are_rejected_counted_and_never_aggregated(tmp_path):
     raw = tiny_config(rounds=4, eval_every=1, **{"participation.clients_per_round": 8})
     server = ServerThread(raw, tmp_path / "g", max_message_mb=0.02, round_timeout=20)
-    nodes = [NodeThread(server.address, range(0, 4), node_cls=RogueNode), NodeThread(server.address, range(4, 8))]
-    summary = server.result(60)
+    nodes = [NodeThread(server.address, range(0, 5), node_cls=RogueNode), NodeThread(server.address, range(5, 8))]
+    summary = server.result(60)  # 4 rounds; waiting for a dropped reply would take 20 s each
     assert [n.join(20) for n in nodes] == [0, 0]
     rows = _rows(tmp_path / "g" / "metrics.jsonl")
-    assert [r["server/rejected"] for r in rows] == [4] * 4   # every round: NaN, dtype, shape, oversized
-    assert [r["participants"] for r in rows] == [4] * 4
+    assert [r["server/rejected"] for r in rows] == [5] * 4   # every round: NaN, dtype, shape, oversized x 2
+    assert [r["participants"] for r in rows] == [3] * 4
     assert summary["transport"]["oversized"] == 4
     # The run equals an in-process one in which clients 0-3 answer with errors: nothing of theirs got in.
     cfg = load_config(raw)
     data = load_client_data(cfg)
-    grid = InProcessGrid(ErrorsFor(make_handler(cfg, data), {0, 1, 2, 3}), 8, seed=cfg.seed)
+    grid = InProcessGrid(ErrorsFor(make_handler(cfg, data), {0, 1, 2, 3, 4}), 8, seed=cfg.seed)
     run_single(cfg, tmp_path / "ref", progress=False, grid=grid)
     assert rows == _rows(tmp_path / "ref" / "metrics.jsonl")
 
