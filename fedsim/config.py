@@ -79,6 +79,7 @@ class StrategyConfig:
     staleness_a: float = 0.5         # polynomial (tau+1)^-a, hinge 1/(a(tau-b)+1), exponential exp(-a tau)
     staleness_b: float = 4.0         # hinge: staleness up to b is not discounted
     mixing: float = 0.6              # fedasync: alpha in x <- (1 - alpha s(tau)) x + alpha s(tau) y
+    staleness_unit: str = "round"    # fedasync: tau in rounds, or in server updates (the paper's)
     buffer_size: int = 10            # fedbuff: answers per server step
     max_staleness: int = 0           # fedbuff: drop answers staler than this (0 = keep all)
     history: int = 64                # fedasync / repair: most past global models kept

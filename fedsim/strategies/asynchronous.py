@@ -12,7 +12,10 @@ one round are taken in arrival order. The pure rules live in ``fedsim.core.stale
 - ``weighted``: ``x + eta * mean_i s(tau_i) delta_i`` (Wang & Gao's "weighted" uses exponential
   ``s = 2^(-tau/20)``: ``staleness_fn = "exponential"``, ``staleness_a = ln 2 / 20``).
 - ``fedasync``: per answer ``x <- (1 - alpha s(tau)) x + alpha s(tau) (x_s + delta)`` (Xie et al.,
-  arXiv 1903.03934, Alg. 1). Clients run plain local SGD (no proximal term, i.e. rho = 0).
+  arXiv 1903.03934, Alg. 1). Clients run plain local SGD (no proximal term, i.e. rho = 0). With
+  ``strategy.staleness_unit = "update"`` tau counts server *updates* as in the paper (each mixed
+  answer is one version: the j-th answer of a round meets a model j updates newer than the round's
+  start); the default ``"round"`` counts rounds, as the other strategies here do (ours).
 - ``fedbuff``: ``buf += s(tau) delta``; every ``buffer_size`` answers ``x <- x + eta * buf / K``;
   answers staler than ``max_staleness`` (if > 0) are dropped (Nguyen et al., arXiv 2106.06639,
   Alg. 1). A partly filled buffer carries over to later rounds (and checkpoints).
@@ -31,6 +34,8 @@ from flwr.serverapp import Grid
 from ..core import staleness as S
 from ..core.model_versions import ModelVersions
 from .base import Cohort, FedsimStrategy
+
+STALENESS_UNITS = ("round", "update")  # FedAsync: tau in server rounds (fedsim's default) or in server updates
 
 
 class AsyncStrategy(FedsimStrategy):
@@ -99,23 +104,46 @@ class FedAsyncStrategy(AsyncStrategy):
     name = "fedasync"
     uses_versions = True
 
-    def __init__(self, participation, *, mixing: float = 0.6, **kw):
+    def __init__(self, participation, *, mixing: float = 0.6, staleness_unit: str = "round", **kw):
         super().__init__(participation, **kw)
         if not 0 < mixing <= 1:
             raise ValueError(f"strategy.mixing (FedAsync alpha) must be in (0, 1], got {mixing}")
         if self.server_lr != 1.0:
             raise ValueError(f"fedasync steps with strategy.mixing, not a server rate: leave strategy.server_lr "
                              f"at 1 (got {self.server_lr})")
-        self.mixing = mixing
+        if staleness_unit not in STALENESS_UNITS:
+            raise ValueError(f"strategy.staleness_unit must be one of {STALENESS_UNITS}, got '{staleness_unit}'")
+        self.mixing, self.staleness_unit = mixing, staleness_unit
+
+    def init_state(self, dim: int) -> dict:
+        # per-update counting: server updates applied so far, and the count each round's model was sent at
+        return {"updates": 0, "sent_at": {1: 0}}
+
+    def check_state(self, state: dict) -> dict:
+        return {"updates": 0, "sent_at": {1: 0}, **state}  # checkpoints from before per-update counting
+
+    def update_staleness(self, cohort: Cohort, state: dict) -> torch.Tensor:
+        """Xie et al.'s staleness t - tau in server *updates*: the j-th answer mixed this round (0-based)
+        meets a model ``updates + j`` versions on, and was computed on version ``sent_at[s]``."""
+        sent = torch.tensor([state["sent_at"].get(int(s), 0) for s in cohort.model_round.tolist()])
+        return state["updates"] + torch.arange(cohort.clients.numel()) - sent
 
     def server_update(self, server_round: int, params: torch.Tensor, cohort: Cohort, state: dict, noise=None):
         bases, missed = self.base_models(params, cohort)
+        updates = state["updates"] + len(bases)
+        live = {s for s in self.in_flight.values()} | {server_round + 1}  # versions still needed
+        sent_at = {r: v for r, v in state["sent_at"].items() if r in live}
+        sent_at[server_round + 1] = updates  # the model sent next round is this many updates on
+        new_state = {"updates": updates, "sent_at": sent_at}
         if not bases:
-            return params.clone(), state, {}
+            return params.clone(), new_state, {}
+        tau = (self.update_staleness(cohort, state) if self.staleness_unit == "update"
+               else self.staleness(server_round, cohort))
         models = torch.stack(bases) + cohort.updates
-        alphas = self.mixing * self.weight(self.staleness(server_round, cohort))
-        return S.fedasync_mix(params, models, alphas), state, {"fedasync/mean_alpha": float(alphas.mean()),
-                                                               "staleness/history_misses": missed}
+        alphas = self.mixing * self.weight(tau.double())
+        return S.fedasync_mix(params, models, alphas), new_state, {
+            "fedasync/mean_alpha": float(alphas.mean()), "fedasync/mean_staleness": float(tau.double().mean()),
+            "staleness/history_misses": missed}
 
 
 class FedBuffStrategy(AsyncStrategy):

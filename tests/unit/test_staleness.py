@@ -239,3 +239,21 @@ def test_a_failed_inversion_is_never_aggregated_even_without_a_switch_policy(mon
                           settings=RepairConfig(samples=1), input_shape=(10,), gen=torch.Generator().manual_seed(0),
                           margin=None)
     assert not rep.used and torch.equal(rep.update, stale)
+
+
+@pytest.mark.parametrize("unit,expected", [("round", 0.0), ("update", 3.5)])
+def test_fedasync_can_count_staleness_in_server_updates(unit, expected):
+    """Xie et al. count versions per update: the j-th of 8 fresh answers mixed in one round meets a
+    model j updates on (mean 3.5); counted in rounds they are all fresh."""
+    from flwr.app import ConfigRecord
+
+    from conftest import tiny_config
+    from helpers import federation
+
+    raw = tiny_config(**{"strategy.name": "fedasync", "strategy.m": 8, "strategy.staleness_unit": unit,
+                         "participation": {"name": "full"}})
+    cfg, strategy, grid, arrays = federation(raw)
+    ids = set(grid.push_messages(strategy.configure_train(1, arrays, ConfigRecord({}), grid)))
+    _, metrics = strategy.aggregate_train(1, grid.pull_until(ids, len(ids)))
+    assert metrics["fedasync/mean_staleness"] == expected and strategy.state["updates"] == 8
+    assert strategy.state["sent_at"] == {2: 8}
