@@ -166,6 +166,7 @@ class ExperimentConfig:
     seeds: list = field(default_factory=list)  # > 1 entries: every arm once per seed, mean ± std (overrides seed)
     eval_every: int = 5
     eval_clients: bool = False  # also evaluate on every client's own data: mean and worst-10% client accuracy
+    staleness_oracle: bool = False  # experiment-only bound: stale answers replaced by fresh ones (in-process)
     checkpoint_every: int = 10
     threads: int = 1
     data: DataConfig = field(default_factory=DataConfig)

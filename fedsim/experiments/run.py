@@ -33,6 +33,7 @@ from ..local.evaluate import client_accuracy, evaluate_classes
 from ..runtime.grid import as_fedsim_grid
 from ..runtime.inprocess import InProcessGrid
 from ..runtime.loop import RoundResult, run_rounds
+from .oracle import OracleGrid
 from .progress import Progress
 from .report import aggregate_seeds, budget_table, comparison_table, mean_rows, plot_curves, read_rows, seed_table
 from .setup import load_client_data, make_adversary, make_handler, make_model, make_strategy
@@ -138,8 +139,12 @@ def run_single(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, 
     data = load_client_data(cfg)
     strategy = make_strategy(cfg, data)
     own_grid = grid is None  # ours to close: it may hold worker processes (client.workers)
-    if grid is None:
+    if grid is None and cfg.staleness_oracle:  # experiment-only: stale answers replaced by fresh ones
+        grid = OracleGrid(make_handler(cfg, data), cfg.data.num_clients, seed=cfg.seed, current=strategy.global_arrays)
+    elif grid is None:
         grid = InProcessGrid(make_handler(cfg, data), cfg.data.num_clients, seed=cfg.seed)
+    elif cfg.staleness_oracle:
+        raise ConfigError("config key 'staleness_oracle' needs fedsim's in-process runtime (fedsim run)")
     grid = as_fedsim_grid(grid)
     eval_model = make_model(cfg, data.dataset)
     spec = ParamSpec.of(eval_model)
@@ -154,6 +159,8 @@ def run_single(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, 
     first = 1
     if resume and ckpt_path.exists():
         first, arrays = _restore(ckpt_path, cfg, strategy, grid, metrics_path)
+        if isinstance(grid, OracleGrid):
+            grid.round = first - 1
     elif resume and metrics_path.exists():  # rows without a checkpoint: starting over would delete them
         raise CheckpointError(f"--resume: {out} has metrics.jsonl but no checkpoint.pt to continue from; "
                               "run without --resume to start over (the rows are then replaced) or use another --out")
@@ -184,6 +191,8 @@ def run_single(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, 
             clocks = {k: v for k, v in res.metrics.items() if k.startswith("time/")}  # wall clock: timing.jsonl
             row.update({k: v for k, v in res.metrics.items() if k not in clocks})
             row.update(strategy.row_fields(res.metrics))
+            if isinstance(grid, OracleGrid):
+                row["oracle/replaced"] = grid.replaced
             sink.write(json.dumps(row) + "\n")
             sink.flush()
             timing.write(json.dumps({"round": res.round, "wall_time": time.time(),

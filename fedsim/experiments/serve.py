@@ -60,6 +60,9 @@ def run_server(cfg: ExperimentConfig, out: str | Path, opts: ServerOptions, *, r
     from .run import run_single
 
     check_options(opts)
+    if cfg.staleness_oracle:
+        raise ConfigError("config key 'staleness_oracle' is an experiment-only bound (it needs every client's data "
+                          "on the server); run it in-process with fedsim run")
     make_strategy(cfg, load_client_data(cfg))  # every setting (participation, DP plan, ...) checked before anyone waits
     grid = grid or make_grid(cfg, opts)
     creds = None if opts.insecure else server_credentials(opts.tls_dir)

@@ -125,6 +125,9 @@ def check(cfg: ExperimentConfig) -> None:
     _check_keys_read(cfg, row)
     _check_client_optimizer(cfg, row)
     _check_user_level_dp(effective(cfg, row), row)
+    if cfg.staleness_oracle and not row.asynchronous:
+        raise ConfigError(f"config key 'staleness_oracle': strategy '{cfg.strategy.name}' is synchronous; the "
+                          "oracle replaces stale answers, which only asynchronous strategies aggregate")
     if is_flower_name(cfg.strategy.name):
         _check_flower(cfg)
     elif cfg.defense.norm_bound > 0 and (row.cls.update_kind != "delta" or row.cls.feedback != "none"):
