@@ -1,7 +1,7 @@
 """The ``fedsim`` command line.
 
     fedsim presets
-    fedsim run PRESET_OR_TOML [--set key=value ...] [--out DIR] [--resume] [--seeds 0,1,2]
+    fedsim run PRESET_OR_TOML [--set key=value ...] [--out DIR] [--resume | --overwrite] [--seeds 0,1,2]
         [--export csv,tensorboard] [--quiet]
     fedsim repro ef21 --dataset phishing --method ef21,ef14 [--step-multiplier 8] [--json]
     fedsim launch | server | client | certs   (the gRPC runtime, see fedsim/experiments/grpc_commands.py)
@@ -53,11 +53,12 @@ def _export_list(text: str) -> list[str]:
 
 
 def _run(args) -> int:
-    from .experiments.run import run_config
+    from .experiments.run import check_out_dir, run_config
     from .experiments.setup import load as load_config
 
     cfg = load_config(args.config, args.set + ([f"seeds={args.seeds}"] if args.seeds else []))
     out = args.out or os.path.join("runs", cfg.name)
+    check_out_dir(out, resume=args.resume, overwrite=args.overwrite)
     run_config(cfg, out, resume=args.resume, progress=not args.quiet)
     if args.export:
         from .experiments.export import export_run
@@ -93,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dotted override, e.g. --set strategy.name=afa-cs (repeatable)")
     r.add_argument("--out", help="output directory (default runs/<name>)")
     r.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    r.add_argument("--overwrite", action="store_true", help="replace the run already in OUT (default: refuse)")
     r.add_argument("--export", type=_export_list, default=[], metavar="csv,tensorboard",
                    help="also write each run's metrics as metrics.csv and/or TensorBoard events")
     r.add_argument("--seeds", type=_seed_list, metavar="S1,S2,...",

@@ -157,7 +157,8 @@ def _sets(overrides) -> list[str]:
 def _run_inprocess(config, overrides, out: Path, timeout: float) -> dict:
     with Processes(out) as procs:
         t0 = time.time()
-        p = procs.start("fedsim-run", _fedsim("run", config, *_sets(overrides), "--out", str(out), "--quiet"))
+        p = procs.start("fedsim-run", _fedsim("run", config, *_sets(overrides), "--out", str(out), "--quiet",
+                                                "--overwrite"))
         procs.wait(p, timeout)
         return round_timings(out, t0, time.time())
 
@@ -166,7 +167,7 @@ def _run_grpc(config, overrides, processes: int, out: Path, timeout: float) -> d
     with Processes(out) as procs:
         t0 = time.time()
         p = procs.start("fedsim-launch", _fedsim("launch", config, *_sets(overrides), "--processes", str(processes),
-                                                 "--out", str(out), "--quiet"))
+                                                 "--out", str(out), "--quiet", "--overwrite"))
         procs.wait(p, timeout)
         return round_timings(out, t0, time.time())
 

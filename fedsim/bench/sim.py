@@ -260,7 +260,7 @@ def _run_floor(mode: str, k: int, out: Path, timeout: float, processes: int, *, 
 
 def _run_fedsim(config: Path, sets: list[str], out: Path, timeout: float, local_steps: int) -> dict:
     cmd = [sys.executable, "-m", "fedsim", "run", str(config), *[a for s in sets for a in ("--set", s)],
-           "--out", str(out), "--quiet"]
+           "--out", str(out), "--quiet", "--overwrite"]  # the benchmark owns its run directories
     with Processes(out) as procs:
         r = _measured(procs, "fedsim-run", cmd, out, timeout)
     return {**r, "steps": _steps(out, local_steps)}

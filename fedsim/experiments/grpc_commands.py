@@ -20,6 +20,7 @@ import sys
 def _server(args) -> int:
     from ..config import ConfigError, arm_configs
     from .setup import load as load_config
+    from .run import check_out_dir
     from .serve import ServerOptions, run_server
 
     cfg = load_config(args.config, args.set)
@@ -32,6 +33,7 @@ def _server(args) -> int:
                          insecure=args.insecure, round_timeout=args.round_timeout, wait_nodes=args.wait_nodes,
                          arrival=args.arrival, max_message_mb=args.max_message_mb, health_port=args.health_port)
     out = args.out or os.path.join("runs", cfg.name)
+    check_out_dir(out, resume=args.resume, overwrite=args.overwrite)
     host = args.address.rsplit(":", 1)[0]
     _terminate_as_interrupt()
     try:
@@ -116,7 +118,7 @@ def _launch(args) -> int:
 
     _terminate_as_interrupt()
     return launch(args.config, args.set, processes=args.processes, out=args.out, insecure=args.insecure,
-                  round_timeout=args.round_timeout, quiet=args.quiet, resume=args.resume)
+                  round_timeout=args.round_timeout, quiet=args.quiet, resume=args.resume, overwrite=args.overwrite)
 
 
 def _terminate_as_interrupt() -> None:
@@ -137,6 +139,7 @@ def add_parsers(sub) -> None:
     s.add_argument("--insecure", action="store_true", help="plaintext without tokens; loopback addresses only")
     s.add_argument("--out", help="output directory (default runs/<name>)")
     s.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    s.add_argument("--overwrite", action="store_true", help="replace the run already in OUT (default: refuse)")
     s.add_argument("--round-timeout", type=float, default=120.0, help="wall seconds a round waits for answers")
     s.add_argument("--wait-nodes", type=float, default=300.0, help="wall seconds to wait for all clients")
     s.add_argument("--arrival", choices=("virtual", "wall"), default="virtual",
@@ -183,5 +186,6 @@ def add_parsers(sub) -> None:
     la.add_argument("--round-timeout", type=float, default=120.0, help="wall seconds a round waits for answers")
     la.add_argument("--quiet", action="store_true", help="no progress output")
     la.add_argument("--resume", action="store_true", help="continue each run (arm) from its checkpoint in OUT")
+    la.add_argument("--overwrite", action="store_true", help="replace the run already in OUT (default: refuse)")
     la.set_defaults(func=_launch)
 

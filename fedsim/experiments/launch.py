@@ -40,11 +40,14 @@ def contiguous(num_clients: int, parts: int) -> list[list[int]]:
 
 
 def launch(config: str, overrides: list[str], *, processes: int, out: str | None = None, insecure: bool = False,
-           round_timeout: float = 120.0, quiet: bool = False, resume: bool = False, echo=print) -> int:
+           round_timeout: float = 120.0, quiet: bool = False, resume: bool = False, overwrite: bool = False,
+           echo=print) -> int:
     from .report import comparison_table, plot_curves, read_rows
+    from .run import check_out_dir
 
     cfg = load_config(config, overrides)
     out = Path(out or os.path.join("runs", f"{cfg.name}-grpc"))
+    check_out_dir(out, resume=resume, overwrite=overwrite)
     arms = arm_configs(cfg)
     summaries = {}
     for arm, arm_cfg in arms.items():
@@ -80,8 +83,7 @@ def _launch_one(config, overrides, arm, num_clients, processes, out: Path, insec
         server_cmd += ["--arm", arm]
     if quiet:
         server_cmd.append("--quiet")
-    if resume:
-        server_cmd.append("--resume")
+    server_cmd.append("--resume" if resume else "--overwrite")  # the launcher checked OUT already
     if insecure:
         server_cmd.append("--insecure")
         secure: list[list[str]] = [["--insecure"]] * processes

@@ -53,6 +53,17 @@ class NoValidAnswers(RuntimeError):
     protocol (or every client misbehaves), so the run stops instead of going on with an unchanged model."""
 
 
+def check_out_dir(out: str | Path, *, resume: bool, overwrite: bool) -> None:
+    """The command-line rule for ``--out``: a directory that already holds a run is continued
+    (``--resume``) or replaced (``--overwrite``), never silently replaced."""
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other")
+    found = next(iter(sorted(Path(out).rglob("metrics.jsonl"))), None) if Path(out).is_dir() else None
+    if found is not None and not resume and not overwrite:
+        raise ConfigError(f"{out} already holds a run ({found}); --resume continues it, --overwrite replaces it, "
+                          "or choose another --out")
+
+
 def run_config(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, progress: bool = True,
                echo=print) -> dict[str, dict]:
     """Run every arm of ``cfg``; returns ``{arm: summary}`` and prints a table when there are several.

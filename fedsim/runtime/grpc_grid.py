@@ -41,6 +41,7 @@ from .security import NodeToken, TokenBook
 log = logging.getLogger("fedsim.grpc")
 
 MAX_POLLS_PER_SESSION = 4  # a node polls one at a time; a few more cover a retry racing a slow reply
+MAX_STRIKES = 20  # refused replies (foreign, duplicate, unknown, oversized) before a session is ended
 
 
 class Refused(Exception):
@@ -66,6 +67,7 @@ class _Session:
     last_seen: float = field(default_factory=time.monotonic)
     told_done: bool = False
     polls: int = 0  # long polls now open (bounded: one session must not hold every server thread)
+    strikes: int = 0  # replies refused for this session's own fault (foreign, duplicate, unknown, oversized)
 
 
 class GrpcGrid(RunGrid, FedsimGrid):
@@ -91,6 +93,7 @@ class GrpcGrid(RunGrid, FedsimGrid):
         self._arrived: dict[str, int] = {}        # message id -> arrival order (wall mode)
         self._forgotten: set[str] = set()
         self._replaced: set[str] = set()          # sessions that lost every node to a newer one
+        self._disconnected: set[str] = set()      # sessions ended for repeated refused replies
         set_task_identity(run_id)
 
     @property
@@ -342,12 +345,16 @@ class GrpcGrid(RunGrid, FedsimGrid):
             req = self._requests.get(mid)
             if req is None:
                 kind = "late" if mid in self._forgotten else "unknown_message"
+                if kind != "late":
+                    self._strike(sid, session)
                 self._refuse(kind, f"{session.name}: reply to {kind.replace('_', ' ')} '{mid}' dropped",
                              "FAILED_PRECONDITION", warn=kind != "late")
             if req.dst != meta.src_node_id or req.dst not in session.nodes:
+                self._strike(sid, session)
                 self._refuse("foreign", f"refused reply from {session.name}: message {mid} went to node {req.dst}, "
                              f"not to node {meta.src_node_id} of this session")
             if mid in self.arrivals.replies:
+                self._strike(sid, session)
                 self._refuse("duplicate", f"{session.name}: message {mid} was already answered", "ALREADY_EXISTS")
             too_big = max_bytes is not None and len(data) > max_bytes
             if too_big:
@@ -358,6 +365,7 @@ class GrpcGrid(RunGrid, FedsimGrid):
             self.stats["replies"] += 1
             self._cond.notify_all()
             if too_big:
+                self._strike(sid, session)
                 self._refuse("oversized", f"refused {session.name}: {reason}", "RESOURCE_EXHAUSTED")
 
     def count(self, kind: str) -> None:
@@ -366,6 +374,8 @@ class GrpcGrid(RunGrid, FedsimGrid):
 
     def _session(self, sid: str) -> _Session:
         session = self._sessions.get(sid)
+        if session is None and sid in self._disconnected:
+            self._refuse("disconnected_session", "request from a session ended for repeated refused replies")
         if session is None and sid in self._replaced:
             self._refuse("replaced_session", "request from a session whose clients another node took over", "ABORTED")
         if session is None:
@@ -385,6 +395,23 @@ class GrpcGrid(RunGrid, FedsimGrid):
         for mid in again:
             self._requests[mid].owner = None
         self._outbox[nid] = sorted(set(self._outbox.get(nid, [])) | set(again), key=lambda m: self._requests[m].seq)
+
+    def _strike(self, sid: str, session: _Session) -> None:
+        """Count a refused reply against the session; at ``MAX_STRIKES`` the session is ended (its clients
+        released, the node named in the log): it must register again to go on (call with the lock held)."""
+        session.strikes += 1
+        if session.strikes < MAX_STRIKES:
+            return
+        for nid in list(session.nodes):
+            if self._owner.get(nid) == sid:
+                del self._owner[nid]
+            self._release(sid, nid)
+        self._sessions.pop(sid, None)
+        self._replaced.discard(sid)
+        self._disconnected.add(sid)
+        self.stats["disconnected"] += 1
+        log.warning("disconnected %s after %d refused replies; its clients wait for a new registration",
+                    session.name, session.strikes)
 
     def _refuse(self, kind: str, reason: str, code: str = "PERMISSION_DENIED", warn: bool = True):
         self.stats[kind] += 1

@@ -117,3 +117,18 @@ def test_digits_preset_runs(tmp_path):
     res = fedsim("run", "digits-smoke", "--set", "rounds=2", "--out", str(tmp_path / "d"), "--quiet")
     assert res.returncode == 0, res.stderr
     assert json.loads((tmp_path / "d" / "summary.json").read_text())["rounds"] == 2
+
+
+def test_an_existing_run_is_never_silently_replaced(tmp_path, capsys):
+    from fedsim.cli import main
+
+    good = tmp_path / "good.toml"
+    good.write_text(_toml(tiny_config(rounds=1)))
+    out = str(tmp_path / "o")
+    assert main(["run", str(good), "--out", out, "--quiet"]) == 0
+    rows = (tmp_path / "o" / "metrics.jsonl").read_bytes()
+    assert main(["run", str(good), "--out", out, "--quiet"]) == 2
+    assert "--overwrite replaces it" in capsys.readouterr().err
+    assert (tmp_path / "o" / "metrics.jsonl").read_bytes() == rows
+    assert main(["run", str(good), "--out", out, "--quiet", "--overwrite"]) == 0
+    assert main(["run", str(good), "--out", out, "--resume", "--overwrite"]) == 2

@@ -6,7 +6,7 @@ import logging
 import grpc
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, Message, MessageType, RecordDict
+from flwr.app import Array, ArrayRecord, Error, Message, MessageType, RecordDict
 from flwr.common.serde import message_from_proto, message_to_proto
 from flwr.proto.message_pb2 import Message as ProtoMessage
 
@@ -95,6 +95,27 @@ def test_one_session_cannot_hold_every_server_thread(fleet, certs):
             codes = list(pool.map(poll, range(12)))
     assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 12 - 4 and codes.count("ok") >= 1
     assert grid.transport_stats()["too_many_polls"] >= 8
+
+
+def test_a_node_that_keeps_sending_bad_replies_is_disconnected_and_named(fleet, certs, caplog):
+    from fedsim.runtime.grpc_grid import MAX_STRIKES
+
+    grid, address = fleet
+    channel, stub = _stub(certs, address)
+    with channel:
+        sid, nodes = _register(stub, certs, 0, [0, 1])
+        reply = Message(Error(code=1, reason="x"), reply_to=Message(RecordDict(), dst_node_id=nodes[0],
+                                                                     message_type="train"))
+        junk = message_to_proto(reply).SerializeToString()  # answers a message the server never sent
+        with caplog.at_level(logging.WARNING):
+            for _ in range(MAX_STRIKES):
+                with pytest.raises(grpc.RpcError):
+                    stub.push(junk, metadata=((SESSION_KEY, sid),), timeout=10)
+        with pytest.raises(grpc.RpcError) as err:
+            list(stub.pull(b'{"wait": 0}', metadata=((SESSION_KEY, sid),), timeout=10))
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert grid.transport_stats()["disconnected"] == 1 and list(grid.get_node_ids()) == []
+    assert any("disconnected node-0 after" in r.getMessage() for r in caplog.records)
 
 
 def test_token_only_covers_its_own_clients(fleet, certs):
