@@ -53,6 +53,12 @@ class NoValidAnswers(RuntimeError):
     protocol (or every client misbehaves), so the run stops instead of going on with an unchanged model."""
 
 
+def run_id(cfg: ExperimentConfig) -> str:
+    """``<name>-<12 hex digits of the SHA-256 of the config>``: a changed experiment gets another id."""
+    digest = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+    return f"{cfg.name}-{digest}"
+
+
 def check_out_dir(out: str | Path, *, resume: bool, overwrite: bool) -> None:
     """The command-line rule for ``--out``: a directory that already holds a run is continued
     (``--resume``) or replaced (``--overwrite``), never silently replaced."""

@@ -292,9 +292,10 @@ def make_adversary(cfg: ExperimentConfig, data: ClientData) -> Adversary | None:
         raise ConfigError(str(exc)) from None
 
 
-def handler_for_config(raw: dict) -> ClientHandler:
-    """A node's warm client handler for the experiment config a server sent (``fedsim client``)."""
-    cfg = load(raw)
+def handler_for_config(raw: dict, device: str | None = None) -> ClientHandler:
+    """A node's warm client handler for the experiment config a server sent (``fedsim client``);
+    ``device`` (``fedsim client --device``) overrides where this node trains."""
+    cfg = load(raw, [f"client.device={device}"] if device else [])
     torch.set_num_threads(cfg.threads)
     return make_handler(cfg, load_client_data(cfg))
 

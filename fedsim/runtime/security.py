@@ -22,6 +22,7 @@ from pathlib import Path
 import grpc
 
 CA, SERVER_CERT, SERVER_KEY, TOKENS = "ca.pem", "server.pem", "server.key", "tokens.txt"
+NODE_TOKENS = "node-tokens.txt"  # every node's NAME TOKEN, one per line
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
 
 
@@ -110,7 +111,8 @@ def new_token() -> str:
 
 
 def write_tokens(out: str | Path, n: int, ranges: list[list[int]]) -> list[Path]:
-    """Write ``node-<i>.token`` (mode 600) and ``tokens.txt``; ``ranges[i]`` binds node i to its clients
+    """Write ``node-<i>.token`` and ``node-tokens.txt`` (every node's ``NAME TOKEN``) for the nodes, and
+    ``tokens.txt`` for the server, all mode 600; ``ranges[i]`` binds node i to its clients
     (a token is never valid for any client: one node could take over another's)."""
     if len(ranges) != n or not all(ranges):
         raise ValueError(f"every one of the {n} tokens needs its own non-empty client range")
@@ -124,7 +126,23 @@ def write_tokens(out: str | Path, n: int, ranges: list[list[int]]) -> list[Path]
         files.append(path)
         lines.append(f"node-{i} {token} {format_clients(ranges[i])}")
     _write_private(out / TOKENS, "\n".join(lines) + "\n")
+    # every node's token in one file, for deployments that hand all nodes one secret (k8s Indexed Job)
+    _write_private(out / NODE_TOKENS, "".join(" ".join(line.split()[:2]) + "\n" for line in lines))
     return files
+
+
+def count_tokens(path: str | Path) -> int:
+    """How many nodes a ``NAME TOKEN`` list names."""
+    return sum(1 for line in Path(path).read_text().splitlines() if len(line.split("#", 1)[0].split()) >= 2)
+
+
+def read_token_list(path: str | Path, name: str) -> str:
+    """The token of node ``name`` from a ``NAME TOKEN`` list (``node-tokens.txt``)."""
+    for line in Path(path).read_text().splitlines():
+        fields = line.split("#", 1)[0].split()
+        if len(fields) >= 2 and fields[0] == name:
+            return fields[1]
+    raise ValueError(f"{path} has no token for {name}")
 
 
 def read_token(path: str | Path) -> str:
