@@ -49,9 +49,11 @@ def check_options(opts: ServerOptions) -> None:
 
 
 def make_grid(cfg: ExperimentConfig, opts: ServerOptions) -> GrpcGrid:
+    """The gRPC grid of ``cfg``; it knows every client's shard size from the experiment's partition."""
     tokens = TokenBook.load(opts.token_file) if opts.token_file else None
+    sizes = [len(p) for p in load_client_data(cfg).parts]
     return GrpcGrid(cfg.data.num_clients, seed=cfg.seed, config=cfg.to_dict(), tokens=tokens, arrival=opts.arrival,
-                    round_timeout=opts.round_timeout)
+                    round_timeout=opts.round_timeout, sizes=sizes)
 
 
 def run_server(cfg: ExperimentConfig, out: str | Path, opts: ServerOptions, *, resume: bool = False,

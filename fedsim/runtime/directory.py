@@ -140,11 +140,20 @@ class ClientDirectory:
                          reply.error.reason)
                 self.refused.add(int(reply.metadata.src_node_id))
                 continue
-            metrics = reply.content[P.METRICS]
-            cid = int(metrics["partition-id"])
-            self.add(reply.metadata.src_node_id, cid)
-            if "num-examples" in metrics:
-                self.num_examples[cid] = int(metrics["num-examples"])
+            try:  # a malformed answer (inf ids, absurd counts, wrong records) names the node, never stops the run
+                metrics = reply.content[P.METRICS]
+                cid = int(metrics["partition-id"])
+                n = metrics.get("num-examples")
+                if n is not None and (isinstance(n, bool) or not isinstance(n, (int, float)) or not 1 <= n < 2**53):
+                    raise ValueError(f"num-examples {n!r} is not a count")
+                self.add(reply.metadata.src_node_id, cid)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("node %s sent an unreadable QUERY answer (%s: %s); it counts as not naming its client",
+                            reply.metadata.src_node_id, type(exc).__name__, exc)
+                self.refused.add(int(reply.metadata.src_node_id))
+                continue
+            if n is not None:
+                self.num_examples[cid] = int(n)
 
     def client_of(self, node_id: int) -> int | None:
         """The client ``node_id`` hosts (reverse lookup), or None."""

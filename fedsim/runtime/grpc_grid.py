@@ -28,6 +28,8 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from flwr.app import Error, Message, MessageType
 from flwr.common.serde import message_from_proto, message_to_proto
 from flwr.proto.message_pb2 import Message as ProtoMessage  # pylint: disable=no-name-in-module
@@ -72,12 +74,17 @@ class _Session:
 
 class GrpcGrid(RunGrid, FedsimGrid):
     def __init__(self, num_clients: int, *, seed: int = 0, run_id: int = 1, config: dict | None = None,
-                 tokens: TokenBook | None = None, arrival: str = "virtual", round_timeout: float = 120.0):
+                 tokens: TokenBook | None = None, arrival: str = "virtual", round_timeout: float = 120.0,
+                 sizes=None):
         if arrival not in ("virtual", "wall"):
             raise ValueError(f"arrival must be 'virtual' or 'wall', got '{arrival}'")
         self.num_clients, self.config, self.tokens = num_clients, dict(config or {}), tokens
         self.arrival, self.round_timeout = arrival, float(round_timeout)
         self.node_ids = client_node_ids(num_clients, seed)
+        # training examples of every client, when the server knows the partition (fedsim server does: it is
+        # defined by the experiment): the strategies then map clients without asking the nodes, and a
+        # node's claimed sample count is checked against the true one
+        self.sizes = None if sizes is None else np.asarray(sizes, dtype=np.int64)
         self.client_of = {nid: cid for cid, nid in enumerate(self.node_ids)}
         self.arrivals = ArrivalQueue()  # due times, push order, answers in, overdue requests
         self.done = False
@@ -99,6 +106,12 @@ class GrpcGrid(RunGrid, FedsimGrid):
     @property
     def now(self) -> float:
         return self.arrivals.now
+
+    def client_table(self):
+        """``(node id [N], training examples [N])`` when the partition is known (see ``sizes``)."""
+        if self.sizes is None or len(self.sizes) != self.num_clients:
+            return None
+        return np.asarray(self.node_ids, dtype=np.int64), self.sizes.copy()
 
     # --- Flower Grid API -------------------------------------------------------------------------
     def get_node_ids(self) -> Iterable[int]:

@@ -205,3 +205,44 @@ def test_killed_client_process_round_completes_and_node_reconnects(tmp_path, req
     rows = _rows(tmp_path / "g" / "metrics.jsonl")
     assert len(rows) == 6 and min(r["participants"] for r in rows) < 8 and rows[-1]["participants"] == 8
     assert summary["transport"]["timeouts"] >= 1
+
+
+class HostileNode(Node):
+    """A node with a valid token whose clients 0-7 each send one answer that used to stop or steer a
+    `fedsim server`: bad sample counts, infinite ids, the wrong record type, huge values, a lying header."""
+
+    def answer(self, messages):
+        from flwr.app import MetricRecord
+
+        replies = super().answer(messages)
+        for reply in replies:
+            if reply.has_error():
+                continue
+            metrics = dict(reply.content[P.METRICS])
+            cid = int(metrics["partition-id"])
+            update = reply.content[P.UPDATE][P.UPDATE].numpy()
+            if cid in (0, 1, 2, 3, 4):
+                key, value = {0: ("num-examples", -1.0), 1: ("num-examples", float("nan")),
+                              2: ("num-examples", 1e30), 3: ("partition-id", float("inf")),
+                              4: ("server-round", float("inf"))}[cid]
+                reply.content[P.METRICS] = MetricRecord({**metrics, key: value})
+            elif cid == 5:  # the update as a MetricRecord
+                del reply.content[P.UPDATE]
+                reply.content[P.UPDATE] = MetricRecord({"update": 1.0})
+            elif cid == 6:
+                reply.content[P.UPDATE] = ArrayRecord(array_dict={P.UPDATE: Array(np.full_like(update, 3e38))})
+            elif cid == 7:  # 192 bytes whose header claims 2^31 - 1 floats (8 GiB)
+                fake = Array(dtype="float32", shape=(2**31 - 1,), stype="numpy.ndarray", data=b"\x00" * 192)
+                reply.content[P.UPDATE] = ArrayRecord(array_dict={P.UPDATE: fake})
+        return replies
+
+
+def test_a_hostile_node_with_a_valid_token_cannot_stop_or_steer_the_server(tmp_path):
+    raw = tiny_config(rounds=3, eval_every=1, **{"data.num_clients": 10, "participation": {"name": "full"}})
+    server = ServerThread(raw, tmp_path / "g", round_timeout=20)
+    nodes = [NodeThread(server.address, range(0, 8), node_cls=HostileNode), NodeThread(server.address, range(8, 10))]
+    summary = server.result(90)  # the server finishes its rounds
+    assert [n.join(20) for n in nodes] == [0, 0]
+    rows = _rows(tmp_path / "g" / "metrics.jsonl")
+    assert [(r["participants"], r["server/rejected"]) for r in rows] == [(2, 8)] * 3
+    assert summary["final_accuracy"] > 0.3 and np.isfinite(summary["final_loss"])

@@ -51,3 +51,24 @@ def test_discovery_without_answers_fails_naming_the_missing_clients():
 
     with pytest.raises(RuntimeError, match=r"3 of 3 clients are not connected"):
         ClientDirectory(3).discover(Silent(), timeout=0.5)
+
+
+class HostileQueryGrid(SlowStartGrid):
+    """Node 12 answers the QUERY with an infinite partition id, node 13 with an absurd sample count."""
+
+    def send_and_receive(self, messages, timeout=None):
+        bad = {12: {"partition-id": float("inf"), "num-examples": 5}, 13: {"partition-id": 2, "num-examples": 1e30}}
+        return [Message(RecordDict({P.METRICS: MetricRecord(bad.get(m.metadata.dst_node_id, {"partition-id": 0,
+                                                                                              "num-examples": 5}))}),
+                        reply_to=m) for m in messages]
+
+
+def test_malformed_query_answers_name_the_node_and_never_crash_discovery(caplog):
+    """They count as nodes that did not name their client: like ClientApps without a QUERY handler,
+    they are numbered by node id when exactly as many clients are unknown."""
+    set_task_identity(1)
+    directory = ClientDirectory(3)
+    directory.discover(HostileQueryGrid(), timeout=None)
+    assert [directory.node_of[c] for c in range(3)] == [11, 12, 13]
+    assert 13 not in [directory.node_of[c] for c in directory.num_examples.keys()]  # its 1e30 was not kept
+    assert "node 12 sent an unreadable QUERY answer" in caplog.text and "node 13" in caplog.text
