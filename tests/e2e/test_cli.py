@@ -132,3 +132,11 @@ def test_an_existing_run_is_never_silently_replaced(tmp_path, capsys):
     assert (tmp_path / "o" / "metrics.jsonl").read_bytes() == rows
     assert main(["run", str(good), "--out", out, "--quiet", "--overwrite"]) == 0
     assert main(["run", str(good), "--out", out, "--resume", "--overwrite"]) == 2
+
+
+def test_version(capsys):
+    from fedsim.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.startswith("fedsim ")

@@ -118,6 +118,23 @@ def test_a_node_that_keeps_sending_bad_replies_is_disconnected_and_named(fleet, 
     assert any("disconnected node-0 after" in r.getMessage() for r in caplog.records)
 
 
+def test_malformed_requests_are_one_refusal_line_not_a_traceback(fleet, certs, capfd, caplog):
+    grid, address = fleet
+    channel, stub = _stub(certs, address)
+    token = (certs / "node-0.token").read_text().strip()
+    with channel:
+        for body in (b"{not json", b'{"clients": "x"}', b'{"clients": [1e400]}', b"\xff\xfe"):
+            with pytest.raises(grpc.RpcError) as err:
+                stub._register(iter([body]), metadata=(("fedsim-token", token),), timeout=10)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        sid, _ = _register(stub, certs, 0, [0, 1])
+        for wait in (b"{not json", b"[]"):
+            header, *_ = list(stub.pull(wait, metadata=((SESSION_KEY, sid),), timeout=20))  # a default wait is used
+            assert json.loads(header) == {"done": False}
+    assert grid.transport_stats()["malformed"] == 4
+    assert "Traceback" not in capfd.readouterr().err and "Traceback" not in caplog.text
+
+
 def test_token_only_covers_its_own_clients(fleet, certs):
     grid, address = fleet
     channel, stub = _stub(certs, address)
