@@ -167,9 +167,11 @@ class _Forked:
                     os.close(read_end)
                 os.dup2(out, 1)
                 os.dup2(out if log is not None else 2, 2)
-                from ..cli import main
+                import runpy
 
-                code = main(argv)
+                sys.argv = ["fedsim", *argv]  # exactly `python -m fedsim ARGV`, in this warm process
+                runpy.run_module("fedsim", run_name="__main__", alter_sys=True)
+                code = 0
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else 1
             except BaseException:  # noqa: BLE001 - report and leave with a failure code
