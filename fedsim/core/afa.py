@@ -49,6 +49,23 @@ def cd_aggregate(grads: torch.Tensor) -> torch.Tensor:
     return grads.mean(dim=0)
 
 
+def cs_update(total: torch.Tensor, last: dict[int, torch.Tensor], num_clients: int, clients: torch.Tensor,
+              grads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[int, torch.Tensor]]:
+    """AFA-CS with a compact memory: ``total`` [D] (float64) is the sum of every worker's latest answer
+    and ``last`` holds only the workers that ever answered (absent ones are the zero slots), so the
+    state is O(answered x D), not O(N x D). Returns ``(mean over all N, total, last)`` as new objects
+    (a rejected round keeps the old ones); the same mean as ``cs_aggregate`` on the dense memory."""
+    check_updates(grads, torch.ones(grads.shape[0]))
+    if grads.shape[1] != total.shape[0]:
+        raise ValueError(f"answers have dimension {grads.shape[1]}, the memory has {total.shape[0]}")
+    total, last = total.clone(), dict(last)
+    for cid, g in zip(clients.tolist(), grads):  # in order: a worker's answer listed last wins
+        old = last.get(cid)
+        total += g.double() if old is None else g.double() - old.double()
+        last[cid] = g.detach().clone()
+    return (total / num_clients).to(grads.dtype), total, last
+
+
 def cs_init(num_clients: int, dim: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """AFA-CS memory: one zero slot per worker, ``[N, D]``."""
     return torch.zeros(num_clients, dim, dtype=dtype)

@@ -54,3 +54,20 @@ def test_cs_is_unbiased_under_correlated_arrivals_and_cd_is_not():
     """The objective's minimiser is 0.5; AFA-CD drifts to the frequent worker, AFA-CS does not."""
     assert abs(_simulate(cross_silo=True) - 0.5) < 0.06
     assert _simulate(cross_silo=False) < 0.2
+
+
+
+def test_the_compact_cs_memory_equals_the_dense_one():
+    """cs_update (running sum + answered workers only) gives cs_aggregate's mean on every round."""
+    gen = torch.Generator().manual_seed(0)
+    n, d = 7, 5
+    dense = afa.cs_init(n, d)
+    total, last = torch.zeros(d, dtype=torch.float64), {}
+    for _ in range(30):
+        k = int(torch.randint(0, 4, (1,), generator=gen))
+        clients = torch.randint(0, n, (k,), generator=gen)
+        grads = torch.randn(k, d, generator=gen)
+        g_dense, dense = afa.cs_aggregate(dense, clients, grads)
+        g_compact, total, last = afa.cs_update(total, last, n, clients, grads)
+        assert torch.allclose(g_compact, g_dense, atol=1e-6)
+    assert set(last) == set(torch.nonzero(dense.abs().sum(1) > 0).flatten().tolist())
