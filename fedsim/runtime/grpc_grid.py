@@ -90,6 +90,7 @@ class GrpcGrid(RunGrid, FedsimGrid):
         self.done = False
         self.stats: Counter = Counter()
         self._t0 = time.monotonic()
+        self.registered_s: float | None = None  # seconds until every client was registered (wait_for_nodes)
         self._run = Run.create_empty(run_id)
         self._seq = itertools.count()
         self._cond = threading.Condition()
@@ -235,6 +236,8 @@ class GrpcGrid(RunGrid, FedsimGrid):
                                 len(self._owner), self.num_clients, now - start, self._missing())
                     next_report = now + report_every
                 self._cond.wait(max(0.0, min(deadline, next_report) - now))
+            if self.registered_s is None:
+                self.registered_s = time.monotonic() - self._t0
         return True
 
     def _missing(self, show: int = 10) -> str:
@@ -264,7 +267,10 @@ class GrpcGrid(RunGrid, FedsimGrid):
 
     def transport_stats(self) -> dict:
         with self._cond:
-            return dict(self.stats)
+            out = dict(self.stats)
+            if self.registered_s is not None:
+                out["registered_s"] = round(self.registered_s, 3)  # grid start -> every client registered
+            return out
 
     def outstanding(self) -> set[str]:
         with self._cond:
