@@ -100,7 +100,7 @@ def _client(args) -> int:
     device = args.device  # where this node trains: a property of the node, not of the experiment
     build = handler_for_config if device is None else (lambda raw: handler_for_config(raw, device=device))
     node = Node(args.server, clients, token, credentials=creds, max_wait=args.max_wait, name=name,
-                build_handler=build)
+                build_handler=build, state_dir=args.state_dir)
     return node.run()
 
 
@@ -188,6 +188,8 @@ def add_parsers(sub) -> None:
     c.add_argument("--token-dir", help="with --shard: read this node's token from DIR/node-<INDEX>.token")
     c.add_argument("--token-list", help="with --shard: read this node's token from the 'node-<INDEX> TOKEN' line of "
                                         "FILE (`fedsim certs` writes node-tokens.txt)")
+    c.add_argument("--state-dir", help="save the clients' own state (error feedback, SCAFFOLD's c_i) here after "
+                                       "every batch and restore it when the node restarts")
     c.add_argument("--device", choices=("cpu", "cuda", "auto"),
                    help="train this node's clients here, whatever the experiment's client.device says")
     c.add_argument("--insecure", action="store_true", help="plaintext; loopback servers only")

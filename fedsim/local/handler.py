@@ -22,7 +22,7 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 
 from ..core import afa
 from ..core.params import ParamSpec
@@ -43,6 +43,7 @@ BAD_REQUEST = 400
 FLOWER_PROX_MU = "proximal-mu"  # what Flower's FedProx strategy puts in its train config
 UPLINK_STATE = "fedsim.uplink"
 CONTROL_STATE = "fedsim.control"
+COUNT_STATE = "fedsim.state-count"
 
 
 def partition_id(context: Context) -> int:
@@ -74,6 +75,7 @@ class ClientHandler:
         self.parts = ClientRows(parts)
         self.uplink = Uplink(len(self.parts), self.spec.dim)
         self.controls = ClientStateStore(len(self.parts), self.spec.dim)  # SCAFFOLD's c_i
+        self.state_counts = np.zeros(len(self.parts), dtype=np.int64)  # updates of each client's state so far
         self._gsm = None  # Opacus wrapper of a model copy, built on first example-level DP job
         self._eval_model = None  # a CPU copy for EVALUATE messages when training runs on an accelerator
         # train settings a message may leave out (a Flower strategy sends only server-round): the experiment's
@@ -92,12 +94,15 @@ class ClientHandler:
 
     def state_dict(self) -> dict:
         """Client-side state that outlives a round (error-feedback vectors, SCAFFOLD's c_i)."""
-        return {"uplink": self.uplink.store.state_dict(), "control": self.controls.state_dict()}
+        return {"uplink": self.uplink.store.state_dict(), "control": self.controls.state_dict(),
+                "counts": torch.from_numpy(self.state_counts.copy())}
 
     def load_state_dict(self, state: dict) -> None:
         self.uplink.store.load_state_dict(state["uplink"])
         if "control" in state:  # checkpoints from before SCAFFOLD have none
             self.controls.load_state_dict(state["control"])
+        if "counts" in state:
+            self.state_counts = state["counts"].numpy().astype(np.int64).copy()
 
     @contextmanager
     def client_state(self, context: Context):
@@ -108,6 +113,8 @@ class ClientHandler:
         for key, store in stores:
             if key in context.state.array_records:
                 store.from_record(cid, context.state.array_records[key])
+        if COUNT_STATE in context.state.config_records:
+            self.state_counts[cid] = int(context.state.config_records[COUNT_STATE]["count"])
         try:
             yield
         finally:
@@ -115,6 +122,7 @@ class ClientHandler:
                 record = store.to_record(cid)
                 if record is not None:
                     context.state[key] = record
+            context.state[COUNT_STATE] = ConfigRecord({"count": int(self.state_counts[cid])})
 
     def query(self, msg: Message, context: Context) -> Message:
         cid = partition_id(context)
@@ -230,6 +238,11 @@ class ClientHandler:
             ExampleDP(*dp)  # validates
             if P.CONTROL in msg.content.array_records:
                 raise ValueError("example-level DP training does not apply SCAFFOLD's control variates")
+        if P.STATE_COUNT in cfg and int(cfg[P.STATE_COUNT]) != int(self.state_counts[cid]):
+            raise ValueError(f"client {cid}'s state is out of sync: this node has applied {int(self.state_counts[cid])} "
+                             f"updates to it, the server has accepted {int(cfg[P.STATE_COUNT])} of its answers (a node "
+                             "restarted without its state, or the server resumed an older checkpoint); answering "
+                             "would corrupt the aggregate")
         seed = job_seed(int(cfg["seed"]), int(cfg["server-round"]), cid)
         return Job(cid, self.parts[cid], steps, lr, batch, seed, ClientOptimizer.from_config(cfg),
                    self._correction(msg, cid))
@@ -248,6 +261,8 @@ class ClientHandler:
         cfg = self._config(msg)
         if job.correction is not None:  # SCAFFOLD option II: c_i+ = c_i - c + (x - y_i) / (K lr)
             self.controls.set(job.client, -job.correction - delta / (job.local_steps * job.lr))
+        if P.STATE_COUNT in cfg:  # this answer updates the client's state (error feedback, c_i)
+            self.state_counts[job.client] += 1
         if self.adversary is not None:  # a Byzantine client sends something else than it computed
             delta = self.adversary.tamper(job.client, delta, job.seed)
         if P.UPDATE_KIND not in cfg:  # a Flower strategy's message: Flower's reply convention

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
+from pathlib import Path
 
 import grpc
+import torch
 from flwr.app import Context, Error, Message, MessageType, RecordDict
 from flwr.common.serde import message_from_proto, message_to_proto
 from flwr.proto.message_pb2 import Message as ProtoMessage  # pylint: disable=no-name-in-module
@@ -36,8 +39,11 @@ class NodeRefused(RuntimeError):
 
 class Node:
     def __init__(self, server: str, clients: list[int], token: str = "", *, credentials=None, max_wait: float = 60.0,
-                 poll: float = 2.0, name: str = "node", build_handler=None):
+                 poll: float = 2.0, name: str = "node", build_handler=None, state_dir: str | None = None):
         self.server, self.clients, self.token = server, list(clients), token
+        # client-side state (error-feedback vectors, SCAFFOLD's c_i, their update counts) saved after every
+        # batch of answers, so a restarted node picks its clients up where they were
+        self.state_path = None if state_dir is None else Path(state_dir) / f"{name}.state.pt"
         self.build_handler = build_handler  # experiment config dict -> warm client handler (the composition root's)
         self.credentials, self.max_wait, self.poll, self.name = credentials, max_wait, poll, name
         self.handler = None
@@ -104,9 +110,35 @@ class Node:
             if not batch:
                 continue
             messages = [message_from_proto(ProtoMessage.FromString(b)) for b in batch]
-            for reply in self.answer(messages):
+            replies = self.answer(messages)
+            self._save_state()  # before the answers leave: the server never counts an update the node could lose
+            for reply in replies:
                 self._push(stub, meta, reply)
         return True
+
+    def _save_state(self) -> None:
+        if self.state_path is None or self.handler is None:
+            return
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_suffix(".tmp")
+        torch.save({"config": self._config_key, "clients": self.clients, "state": self.handler.state_dict()}, tmp)
+        os.replace(tmp, self.state_path)
+
+    def _load_state(self) -> None:
+        """Restore the saved client state when it belongs to this experiment and these clients."""
+        if self.state_path is None or not self.state_path.exists():
+            return
+        try:
+            saved = torch.load(self.state_path, weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - a damaged file: start afresh, and the server will refuse
+            log.warning("%s: cannot read %s (%s); its clients start without state", self.name, self.state_path, exc)
+            return
+        if saved.get("config") != self._config_key or saved.get("clients") != self.clients:
+            log.warning("%s: %s belongs to another experiment or client range; not restored", self.name,
+                        self.state_path)
+            return
+        self.handler.load_state_dict(saved["state"])
+        log.info("%s: client state restored from %s", self.name, self.state_path)
 
     def _push(self, stub: FleetStub, meta, reply: Message) -> None:
         data = message_to_proto(reply).SerializeToString()
@@ -133,6 +165,7 @@ class Node:
             self.handler = self.build_handler(info["config"])
             self._config_key = key
             self.contexts = {}
+            self._load_state()
         n = int(info["num_clients"])
         for cid, nid in info["nodes"].items():
             nid = int(nid)

@@ -26,6 +26,9 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 
 ARRAYS, CONFIG, UPDATE, METRICS = "arrays", "config", "update", "metrics"
 CONTROL = "control"  # SCAFFOLD: the server control variate c sent with the model
+# strategies with client-side state (EF21/EF14 vectors, SCAFFOLD's c_i): how many of this client's
+# answers the server has accepted; a client whose state saw another number of updates refuses to train
+STATE_COUNT = "state-count"
 UPDATE_KIND = "update-kind"  # absent: the message is a Flower strategy's; the reply follows Flower's convention
 UPDATE_DELTA = "delta"                  # y - x_s: the local model change
 UPDATE_MEAN_GRADIENT = "mean-gradient"  # -(y - x_s) / (lr * local_steps): AFA's worker answer

@@ -56,6 +56,7 @@ class FedsimStrategy(Strategy):
     round_time = 0.0      # asynchronous strategies: > 0, a round's fixed window of the arrival clock
     feedback = "none"     # client-side error feedback the strategy asks for: none | ef21 | ef14
     full_weights = True   # synchronous strategies read Flower's full-weight replies (fedsim-only protocols: False)
+    client_state = False  # clients keep state the server's rule relies on (SCAFFOLD's c_i; error feedback implies it)
 
     def __init__(self, participation, *, local_lr: float, batch_size: int, seed: int, server_lr: float = 1.0,
                  compression: dict | None = None, example_dp: dict | None = None, stages=(), client_clip: float = 0.0,
@@ -84,6 +85,9 @@ class FedsimStrategy(Strategy):
         self.state: dict = {}  # the algorithm's state (init_state / server_update)
         self.in_flight: dict[int, int] = {}  # client id -> round it was sent work
         self.rejections: list[str] = []  # why each answer of the last aggregated round was rejected
+        # answers accepted per client: sent as state-count to clients that keep state, so a client whose
+        # state was lost (a node restart) or is ahead of this server (a resumed checkpoint) refuses
+        self.state_counts = torch.zeros(self.num_clients, dtype=torch.int64)
         self.pipeline = ServerPipeline(stages)  # server stages around server_update (user-level DP, momentum)
         self.decoder: ReplyDecoder | None = None
 
@@ -138,6 +142,10 @@ class FedsimStrategy(Strategy):
         """The local learning rate sent in ``server_round``'s TRAIN messages (``client.lr_schedule``)."""
         return lr_at(self.local_lr, *self.lr_schedule[:2], server_round, self.lr_schedule[2])
 
+    @property
+    def keeps_client_state(self) -> bool:
+        return self.client_state or self.feedback != "none"
+
     def train_records(self) -> dict[str, ArrayRecord]:
         """Arrays every TRAIN message carries besides the model (SCAFFOLD's control variate)."""
         return {}
@@ -182,6 +190,8 @@ class FedsimStrategy(Strategy):
         messages, extra = [], self.train_records()
         for cid, steps, latency in zip(plan.clients.tolist(), plan.local_steps.tolist(), plan.latency.tolist()):
             cfg = {**base, "local-steps": int(steps), P.SIM_LATENCY: float(latency)}
+            if self.keeps_client_state:
+                cfg[P.STATE_COUNT] = int(self.state_counts[cid])
             messages.append(Message(P.train_content(arrays, cfg, extra), dst_node_id=self.directory.node_of[cid],
                                     message_type=MessageType.TRAIN, group_id=str(server_round)))
             self.in_flight[cid] = server_round
@@ -206,6 +216,7 @@ class FedsimStrategy(Strategy):
             raise FloatingPointError(f"round {server_round}: the aggregated model is not finite; "
                                      "the previous global model and strategy state are kept (lower the learning rates)")
         self.params, self.state = new_params, new_state
+        self.state_counts[cohort.clients] += 1
         staleness = (server_round - cohort.model_round).double()
         metrics.update({"participants": int(cohort.clients.numel()), "server/rejected": len(self.rejections),
                         "server/staleness_mean": float(staleness.mean()) if staleness.numel() else 0.0,
@@ -234,7 +245,7 @@ class FedsimStrategy(Strategy):
     # --- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"params": self.params, "in_flight": dict(self.in_flight), "participation": self.participation.state_dict(),
-                "algorithm": self.state, "stages": self.pipeline.state_dict(),
+                "algorithm": self.state, "stages": self.pipeline.state_dict(), "state_counts": self.state_counts.clone(),
                 "example_dp": self.example_dp.state_dict() if self.example_dp else None}
 
     def load_state_dict(self, state: dict) -> None:
@@ -242,6 +253,8 @@ class FedsimStrategy(Strategy):
         if self.spec is not None and self.params is not None and self.params.shape != (self.spec.dim,):
             raise ValueError(f"checkpoint model has {self.params.numel()} parameters, this model has {self.spec.dim}")
         self.in_flight = {int(k): int(v) for k, v in state["in_flight"].items()}
+        if "state_counts" in state:
+            self.state_counts = state["state_counts"].clone()
         self.participation.load_state_dict(state["participation"])
         if self.params is not None and self.spec is not None:
             self.state = self.check_state(state["algorithm"])

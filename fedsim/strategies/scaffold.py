@@ -38,6 +38,7 @@ from .base import Cohort, FedsimStrategy
 class ScaffoldStrategy(FedsimStrategy):
     name = "scaffold"
     full_weights = False  # a standard ClientApp ignores the control variate: its answers would corrupt c
+    client_state = True   # each client's c_i
 
     def __init__(self, participation, **kw):
         super().__init__(participation, **kw)

@@ -246,3 +246,25 @@ def test_a_hostile_node_with_a_valid_token_cannot_stop_or_steer_the_server(tmp_p
     rows = _rows(tmp_path / "g" / "metrics.jsonl")
     assert [(r["participants"], r["server/rejected"]) for r in rows] == [(2, 8)] * 3
     assert summary["final_accuracy"] > 0.3 and np.isfinite(summary["final_loss"])
+
+
+@pytest.mark.parametrize("keeps_state", [False, True])
+def test_a_restarted_node_without_its_clients_state_is_refused_and_with_it_continues(tmp_path, keeps_state):
+    """EF21's g_i live in the node. A replacement node that lost them is refused by name (its answers
+    would break g = mean g_i); one restored from --state-dir continues exactly, as if nothing happened."""
+    raw = tiny_config(rounds=3, eval_every=1, **{"participation.clients_per_round": 8, "strategy.name": "ef21",
+                                                 "compression": {"name": "top-k", "density": 0.2}})
+    state = {"state_dir": str(tmp_path / "state")} if keeps_state else {}
+    server = ServerThread(raw, tmp_path / "g", round_timeout=30.0)
+    dying = NodeThread(server.address, range(0, 4), node_cls=DyingNode, name="node-a", **state)
+    healthy = NodeThread(server.address, range(4, 8))
+    assert dying.join(30) == 0
+    replacement = NodeThread(server.address, range(0, 4), name="node-a", **state)  # the same clients
+    server.result(60)
+    assert healthy.join(20) == 0 and replacement.join(20) == 0
+    rows = _rows(tmp_path / "g" / "metrics.jsonl")
+    if keeps_state:
+        run_single(load_config(raw), tmp_path / "ref", progress=False)
+        assert rows == _rows(tmp_path / "ref" / "metrics.jsonl")
+    else:
+        assert [(r["participants"], r["server/rejected"]) for r in rows] == [(8, 0), (4, 4), (4, 4)]
