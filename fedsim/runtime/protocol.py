@@ -11,6 +11,8 @@ TRAIN   content: ``"arrays"`` (global model, ArrayRecord of named tensors) and `
         example-dp-noise and example-dp-clip (DP-SGD noise multiplier and per-example clip norm).
         SCAFFOLD adds ``"control"``: the server control variate c, flat float32 ``[D]`` named
         ``update``; the client corrects every local step by c - c_i and keeps its own c_i.
+        Strategies with client-side state add state-count (answers of this client the server
+        accepted); a client whose state saw another number of updates answers with an error.
         reply:   ``"update"`` (ArrayRecord with one flat float32 vector ``[D]`` named ``update``, or,
         for a sparse compressor, ``values`` float32 ``[k']`` and ``indices`` int64 ``[k']``) and
         ``"metrics"``: num-examples, partition-id, local-steps, server-round, train-loss.
