@@ -11,7 +11,7 @@ structure:
 | banded (b bands; identity b = 1) | forward substitution over the last b−1 w's (BandMF, arXiv 2306.08153, Alg. 9) | (b−1)·D |
 | blt (m buffers) | ``w_t = z_t − Σ_j ω_j S_j``, then ``S_j ← θ_j S_j + w_t`` (arXiv 2404.16706, §5) | m·D |
 | tree | the non-zero entries of row t of the epoch's noise map (prefix noise t minus t−1; a node's z is regenerated from its key, amortised O(log b) nodes a round for both estimators) | D |
-| dense / toeplitz (fallback) | forward substitution over all past w's | t·D ≤ n·D |
+| dense / toeplitz (fallback) | forward substitution over all past w's, or, when those would pass ``store_limit`` bytes, ``w_t = Σ_j W[t, j] z_j`` with W = C⁻¹ and every z_j regenerated from its key | t·D ≤ n·D, or D (O(t·D) work a round) |
 
 Internal state is float64 (the anti-correlated noise cancels in prefix sums; keep it exact);
 ``next()`` returns ``dtype`` (float32 by default). State (step, buffers) is explicit:
@@ -25,6 +25,9 @@ import torch
 
 from .factorization import Factorization
 from .tree import epoch_noise_maps
+
+
+STORE_LIMIT = 1 << 30  # bytes of past noise a dense-factor stream keeps before it regenerates instead
 
 
 def noise_std(noise_multiplier: float, clip_norm: float, sensitivity: float) -> float:
@@ -49,7 +52,7 @@ class NoiseStream:
     """
 
     def __init__(self, factorization: Factorization, dim: int, seed: int, std: float = 1.0,
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, store_limit: int = STORE_LIMIT):
         if dim < 1:
             raise ValueError(f"dim must be >= 1, got {dim}")
         if std < 0:
@@ -74,13 +77,18 @@ class NoiseStream:
             self._tree_nodes = maps[0].shape[1]
         elif self.kind not in ("dense", "toeplitz"):
             raise ValueError(f"unknown factor structure {self.kind!r}")
+        # dense factors: keep every past w (n·D float64) only while that fits store_limit; beyond it the
+        # noise is regenerated from the seeds each round (O(D) memory, O(t·D) work), the same numbers
+        self.regenerate = self.kind in ("dense", "toeplitz") and self.n * self.dim * 8 > store_limit
+        if self.regenerate:
+            self._W = np.linalg.inv(C)  # the noise map, lower triangular
         self.reset()
 
     def reset(self) -> None:
         self.t = 0
         m = {"banded": self.bands - 1 if self.kind == "banded" else 0,
              "blt": len(self._omega) if self.kind == "blt" else 0}.get(self.kind, 0)
-        if self.kind in ("dense", "toeplitz"):
+        if self.kind in ("dense", "toeplitz") and not self.regenerate:
             m = self.n  # all past w's (allocated once)
         self._buf = torch.zeros(m, self.dim, dtype=torch.float64)  # banded: last b−1 w's, newest first
 
@@ -113,6 +121,11 @@ class NoiseStream:
 
     def _next_dense(self) -> torch.Tensor:  # O(t·D) memory: every past w is kept
         t = self.t
+        if self.regenerate:  # O(D) memory: w_t = Σ_j W[t, j] z_j, each z_j drawn again from its key
+            w = torch.zeros(self.dim, dtype=torch.float64)
+            for j in np.flatnonzero(self._W[t, : t + 1]):
+                w += float(self._W[t, j]) * self.z(int(j))
+            return w
         row = torch.as_tensor(self.f.C[t, :t])
         w = (self.z(t) - row @ self._buf[:t]) / float(self.f.C[t, t])
         self._buf[t] = w
@@ -132,7 +145,7 @@ class NoiseStream:
     # -- checkpointing ----------------------------------------------------------------------
 
     def _saved_buffers(self) -> torch.Tensor:
-        return (self._buf[: self.t] if self.kind in ("dense", "toeplitz") else self._buf).clone()
+        return (self._buf[: self.t] if self.kind in ("dense", "toeplitz") and not self.regenerate else self._buf).clone()
 
     def state_dict(self) -> dict:
         return {"step": self.t, "seed": self.seed, "dim": self.dim, "std": self.std,
@@ -145,10 +158,10 @@ class NoiseStream:
             raise ValueError("noise state was saved for a different dim or seed")
         self.t, self.std = int(state["step"]), float(state["std"])
         buf = state["buffers"].to(torch.float64)
-        if self.kind in ("dense", "toeplitz"):
+        if self.kind in ("dense", "toeplitz") and not self.regenerate:
             self._buf = torch.zeros(self.n, self.dim, dtype=torch.float64)
             self._buf[: len(buf)] = buf
-        else:
+        elif not self.regenerate:
             self._buf = buf.clone()
         # (checkpoints of older versions also hold the tree's node noise: it is regenerated from its key)
 

@@ -99,3 +99,22 @@ def test_per_round_noise_std_matches_row_norms(factors):
     w = _run(NoiseStream(f, 20000, seed=0, std=std, dtype=torch.float64), f.steps).numpy()
     expected = std * f.noise_row_norms()
     assert np.allclose(w.std(axis=1), expected, rtol=0.03)
+
+
+
+@pytest.mark.parametrize("name", ["optimal", "sqrt-toeplitz"])
+def test_dense_noise_regenerated_from_seeds_equals_the_stored_stream(factors, name):
+    """Above the store limit a dense factor keeps no past noise (O(D) memory) and gives the same w_t;
+    a checkpoint holds only the step."""
+    f = factors[name]
+    stored = NoiseStream(f, dim=7, seed=11, dtype=torch.float64)
+    regen = NoiseStream(f, dim=7, seed=11, dtype=torch.float64, store_limit=0)
+    assert regen.regenerate and not stored.regenerate and regen._buf.numel() == 0
+    half = f.steps // 2
+    a, b = _run(stored, half), _run(regen, half)
+    state = regen.state_dict()
+    assert state["buffers"].numel() == 0
+    resumed = NoiseStream(f, dim=7, seed=11, dtype=torch.float64, store_limit=0)
+    resumed.load_state_dict(state)
+    assert torch.allclose(b, a, atol=1e-10)
+    assert torch.allclose(_run(resumed, f.steps - half), _run(stored, f.steps - half), atol=1e-10)
