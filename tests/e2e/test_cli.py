@@ -113,6 +113,7 @@ def test_comparison_runs_every_arm_and_one_arm_on_request(tmp_path, config_file)
     assert not (tmp_path / "one" / "fedavg").exists()
 
 
+@pytest.mark.slow  # the preset also runs in-process in tests/unit/test_export.py; this is the subprocess path
 def test_digits_preset_runs(tmp_path):
     res = fedsim("run", "digits-smoke", "--set", "rounds=2", "--out", str(tmp_path / "d"), "--quiet")
     assert res.returncode == 0, res.stderr
