@@ -10,7 +10,22 @@ handling (own sessions, stop by PID) is in ``processes.py``, the memory sampler 
 
 from __future__ import annotations
 
+import sys
+
 BENCHMARKS = ("runtime", "sim", "scale")
+
+
+def int_list(text: str, what: str) -> list[int]:
+    """A comma-separated list of positive integers from the command line (``what`` names the flag)."""
+    from ..config import ConfigError
+
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{what} must be comma-separated integers, got '{text}'") from None
+    if not values or min(values) < 1:
+        raise ConfigError(f"{what} must be positive integers, got '{text}'")
+    return values
 
 
 def add_parser(sub) -> None:
@@ -20,3 +35,13 @@ def add_parser(sub) -> None:
     bsub = b.add_subparsers(dest="bench", required=True)
     for name in BENCHMARKS:
         importlib.import_module(f"{__name__}.{name}").add_parser(bsub)
+
+
+def cli_setup(args):
+    """What every benchmark's command line checks first: ``--rounds`` >= 2 (the steady round is the median
+    of the rounds after the first); returns the progress logger (stderr when ``--json`` owns stdout)."""
+    from ..config import ConfigError
+
+    if args.rounds < 2:
+        raise ConfigError("--rounds must be >= 2 (the steady round is the median of rounds after the first)")
+    return (lambda msg: print(msg, file=sys.stderr, flush=True)) if args.json else print

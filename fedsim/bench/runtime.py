@@ -30,6 +30,7 @@ import sys
 import time
 from pathlib import Path
 
+from . import cli_setup
 from .processes import BenchError, Processes, free_port
 
 # A quickstart-like workload small enough for Flower's deployment runtime, which cold-starts a
@@ -86,11 +87,7 @@ def add_parser(bsub) -> None:
 
 
 def _cli(args) -> int:
-    from ..config import ConfigError
-
-    if args.rounds < 2:
-        raise ConfigError("--rounds must be >= 2 (the steady round is the median of rounds after the first)")
-    log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if args.json else print
+    log = cli_setup(args)
     result = bench_runtime(rounds=args.rounds, clients=args.clients, processes=args.processes, config=args.config,
                            overrides=args.set, skip_flower=args.skip_flower, app=args.app, out=args.out,
                            timeout=args.timeout, flower_timeout=args.flower_timeout, log=log)

@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from . import cli_setup, int_list
 from .memory import PeakMemory
 from .processes import BenchError, Processes, free_port
 
@@ -69,25 +70,9 @@ def add_parser(bsub) -> None:
     s.set_defaults(func=_cli)
 
 
-def _ints(text: str, what: str) -> list[int]:
-    from ..config import ConfigError
-
-    try:
-        values = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise ConfigError(f"--{what}: expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise ConfigError(f"--{what}: expected integers >= 1, got {text!r}")
-    return values
-
-
 def _cli(args) -> int:
-    from ..config import ConfigError
-
-    if args.rounds < 2:
-        raise ConfigError("--rounds must be >= 2 (the steady round is the median of rounds after the first)")
-    log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if args.json else print
-    result = bench_scale(_ints(args.sizes, "sizes"), _ints(args.processes, "processes"), args.clients_per_round,
+    log = cli_setup(args)
+    result = bench_scale(int_list(args.sizes, "--sizes"), int_list(args.processes, "--processes"), args.clients_per_round,
                          args.rounds, Path(args.out), args.timeout, log)
     print(json.dumps(result, indent=2) if args.json else format_table(result))
     return 0 if all(r["ok"] for r in result["runs"]) else 1

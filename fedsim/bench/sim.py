@@ -40,6 +40,7 @@ import time
 from pathlib import Path
 
 from .memory import PeakMemory
+from . import int_list
 from .processes import BenchError, Processes, free_port
 from .runtime import round_timings
 
@@ -106,18 +107,6 @@ def add_parser(bsub) -> None:
     r.set_defaults(func=_cli)
 
 
-def _ints(text: str, what: str) -> list[int]:
-    from ..config import ConfigError
-
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ConfigError(f"{what} must be comma-separated integers, got '{text}'") from None
-    if not values or min(values) < 1:
-        raise ConfigError(f"{what} must be positive integers, got '{text}'")
-    return values
-
-
 def _cli(args) -> int:
     from ..config import ConfigError
 
@@ -127,14 +116,14 @@ def _cli(args) -> int:
     if args.device == "cuda" or args.trainer_compare:
         from .cohort import compare_trainers, format_trainers
 
-        result = compare_trainers(device=args.device, cohorts=_ints(args.cohorts, "--cohorts"),
+        result = compare_trainers(device=args.device, cohorts=int_list(args.cohorts, "--cohorts"),
                                   samples_per_client=args.samples_per_client, batch_size=args.batch_size,
                                   lr=args.lr, seed=args.seed, data_dir=args.data_dir, log=log)
         print(json.dumps(result, indent=2) if args.json else format_trainers(result))
         return 0
     if args.rounds < 2:
         raise ConfigError("--rounds must be >= 2 (the steady round is the median of rounds after the first)")
-    cohorts = _ints(args.clients_per_round, "--clients-per-round")
+    cohorts = int_list(args.clients_per_round, "--clients-per-round")
     if max(cohorts) > args.population:
         raise ConfigError(f"--clients-per-round {max(cohorts)} exceeds --population {args.population}")
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
