@@ -11,6 +11,7 @@ carries the no-information floor of its own images beside its PSNR.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -165,7 +166,10 @@ def evaluate(cfg: AttackRunConfig, *, progress: bool = True, on_row=None
             "floor_psnr_dataset": float(metrics.constant_psnr(floor_value, pool.images).mean())}
     cells = [(a, d, b) for a in cfg.attacks for d in cfg.defenses for b in cfg.batch_sizes]
     rows, examples, utility_cache = [], [], {}
-    bar = tqdm(total=len(cells) * cfg.trials, desc="attacks", disable=not progress, dynamic_ncols=True)
+    # a bar on a terminal; in a log file (CI, nohup) plain lines instead of carriage returns
+    on_terminal = sys.stderr.isatty()
+    bar = tqdm(total=len(cells) * cfg.trials, desc="attacks", disable=not (progress and on_terminal),
+               dynamic_ncols=True)
     try:
         for attack, defense, b in cells:
             try:
@@ -190,6 +194,8 @@ def evaluate(cfg: AttackRunConfig, *, progress: bool = True, on_row=None
                         eval_samples=u.eval_samples, seed=cfg.seed)
                 row["utility_accuracy"] = utility_cache[key]
             example.title = f"{attack} / {defense.display} / B={b}"
+            if progress and not on_terminal:
+                print(f"attacks: cell {len(rows) + 1}/{len(cells)} done ({example.title})", file=sys.stderr, flush=True)
             rows.append(row)
             examples.append(example)
             if on_row is not None:

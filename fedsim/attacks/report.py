@@ -71,6 +71,9 @@ def plot_grid(examples: list, path: Path, title: str = "") -> None:
         return
     cols = max(len(e.truth) for e in examples)
     ref = max(examples, key=lambda e: len(e.truth)).truth
+    if cols == 1:  # one image per cell (B = 1): tiles in rows, not one tall column
+        _plot_tiles(examples, ref[0], path, title)
+        return
     height = 1.35 * (len(examples) + 1) + 0.6
     fig, axes = plt.subplots(len(examples) + 1, cols, figsize=(1.25 * cols + 1.6, height), squeeze=False)
     for j in range(cols):
@@ -90,6 +93,37 @@ def plot_grid(examples: list, path: Path, title: str = "") -> None:
     if title:
         fig.suptitle(title, fontsize=8)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / height))  # keep the title clear of the first row
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_tiles(examples: list, original, path: Path, title: str, per_row: int = 6) -> None:
+    """B = 1: the original, then each cell's reconstruction with its cell name and PSNR, ``per_row`` a row."""
+    import math
+    import textwrap
+
+    n = len(examples) + 1
+    cols = min(per_row, n)
+    rows = math.ceil(n / cols)
+    width = max(1.9 * cols, 6.0)
+    height = 2.6 * rows + 0.7
+    fig, axes = plt.subplots(rows, cols, figsize=(width, height), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    _show(axes[0, 0], original.numpy())
+    axes[0, 0].axis("on")
+    axes[0, 0].set_title("original", fontsize=7)
+    for k, e in enumerate(examples, start=1):
+        ax = axes[k // cols, k % cols]
+        if e.recon:
+            _show(ax, e.recon[0].numpy())
+            ax.axis("on")
+            lab = "" if e.label[0] is None else f" y={e.label[0]}"
+            ax.set_title("\n".join(textwrap.wrap(e.title.replace(" / B=1", ""), 28)) + f"\n{e.psnr[0]:.1f} dB{lab}",
+                         fontsize=6)
+    if title:
+        fig.suptitle("\n".join(textwrap.wrap(title, int(width * 14))), fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / height), h_pad=1.2)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

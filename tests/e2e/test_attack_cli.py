@@ -26,8 +26,10 @@ def fedsim(*args):
 def test_attack_grid_writes_results_table_and_grid_image(tmp_path):
     out = tmp_path / "grid"
     sets = [a for s in SMALL for a in ("--set", s)]
-    res = fedsim("attack", "grid-smoke", *sets, "--out", str(out), "--quiet")
+    res = fedsim("attack", "grid-smoke", *sets, "--out", str(out))
     assert res.returncode == 0, res.stderr
+    # stderr is a pipe here, as in CI logs: one plain line per cell, no progress-bar carriage returns
+    assert "\r" not in res.stderr and res.stderr.count("attacks: cell ") == 12
     data = json.loads((out / "results.json").read_text())
     rows = data["rows"]
     assert len(rows) == 4 * 3
@@ -40,6 +42,10 @@ def test_attack_grid_writes_results_table_and_grid_image(tmp_path):
     table = (out / "results.md").read_text()
     assert "| analytic |" in table and "floor" in table
     assert (out / "grid.png").stat().st_size > 5_000
+    from PIL import Image
+
+    width, height = Image.open(out / "grid.png").size  # B = 1: tiles in rows, not one tall column
+    assert width >= 600 and height < 2 * width
 
 
 def test_single_cell_from_a_toml_with_overrides(tmp_path):
