@@ -61,7 +61,9 @@ clients_per_round = {k}
 def add_parser(bsub) -> None:
     s = bsub.add_parser("scale", help="round latency, memory and traffic against N and the number of node processes")
     s.add_argument("--sizes", default="1000,10000,100000", help="populations N (comma-separated)")
-    s.add_argument("--processes", default="1,2,4", help="node process counts (comma-separated)")
+    s.add_argument("--processes", default="1,2,4", help="node process counts (comma-separated; 0: in-process only)")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="dotted override of the workload, e.g. --set strategy.name=fedau (repeatable)")
     s.add_argument("--clients-per-round", type=int, default=100, help="K (default 100)")
     s.add_argument("--rounds", type=int, default=5, help="rounds per run (>= 2; default 5)")
     s.add_argument("--out", default=os.path.join("runs", "bench-scale"), help="work and output directory")
@@ -72,14 +74,15 @@ def add_parser(bsub) -> None:
 
 def _cli(args) -> int:
     log = cli_setup(args)
-    result = bench_scale(int_list(args.sizes, "--sizes"), int_list(args.processes, "--processes"), args.clients_per_round,
-                         args.rounds, Path(args.out), args.timeout, log)
+    processes = [] if args.processes.strip() in ("0", "none") else int_list(args.processes, "--processes")
+    result = bench_scale(int_list(args.sizes, "--sizes"), processes, args.clients_per_round, args.rounds,
+                         Path(args.out), args.timeout, log, overrides=args.set)
     print(json.dumps(result, indent=2) if args.json else format_table(result))
     return 0 if all(r["ok"] for r in result["runs"]) else 1
 
 
 def bench_scale(sizes: list[int], processes: list[int], per_round: int, rounds: int, out: Path, timeout: float,
-                log=print) -> dict:
+                log=print, overrides: list[str] | tuple[str, ...] = ()) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     runs = []
     for n in sizes:
@@ -88,14 +91,15 @@ def bench_scale(sizes: list[int], processes: list[int], per_round: int, rounds: 
         config.parent.mkdir(parents=True, exist_ok=True)
         config.write_text(WORKLOAD.format(n=n, k=k, rounds=rounds, rows=25 * n))  # 80% train: 20 rows a client
         reference = out / f"n{n}" / "in-process"
-        runs.append(_measure(lambda procs: _inprocess(procs, config, reference), "in-process", n, 0, reference,
-                             None, timeout, log))
+        runs.append(_measure(lambda procs: _inprocess(procs, config, reference, overrides), "in-process", n, 0,
+                             reference, None, timeout, log))
         for p in processes:
             run_dir = out / f"n{n}" / f"grpc-{p}"
-            runs.append(_measure(lambda procs, p=p, d=run_dir: _grpc(procs, config, d, n, p), "grpc", n, p, run_dir,
-                                 reference, timeout, log))
+            runs.append(_measure(lambda procs, p=p, d=run_dir: _grpc(procs, config, d, n, p, overrides), "grpc", n, p,
+                                 run_dir, reference, timeout, log))
     result = {"workload": {"model": "logreg", "dim": 20, "classes": 4, "rows_per_client": 20,
-                           "clients_per_round": per_round, "rounds": rounds, "cpus": os.cpu_count()},
+                           "clients_per_round": per_round, "rounds": rounds, "cpus": os.cpu_count(),
+                           "overrides": list(overrides)},
               "runs": runs}
     (out / "scale.json").write_text(json.dumps(result, indent=2))
     (out / "scale.md").write_text(format_table(result) + "\n")
@@ -103,18 +107,22 @@ def bench_scale(sizes: list[int], processes: list[int], per_round: int, rounds: 
     return result
 
 
-def _inprocess(procs: Processes, config: Path, run_dir: Path) -> dict:
-    return {"in-process": procs.start("fedsim-run", [sys.executable, "-m", "fedsim", "run", str(config), "--out",
-                                                     str(run_dir), "--quiet", "--overwrite"])}
+def _sets(overrides) -> list[str]:
+    return [a for s in overrides for a in ("--set", s)]
 
 
-def _grpc(procs: Processes, config: Path, run_dir: Path, n: int, p: int) -> dict:
+def _inprocess(procs: Processes, config: Path, run_dir: Path, overrides=()) -> dict:
+    return {"in-process": procs.start("fedsim-run", [sys.executable, "-m", "fedsim", "run", str(config), *_sets(overrides),
+                                                     "--out", str(run_dir), "--quiet", "--overwrite"])}
+
+
+def _grpc(procs: Processes, config: Path, run_dir: Path, n: int, p: int, overrides=()) -> dict:
     from ..experiments.launch import contiguous
 
     port = free_port()
-    started = {"server": procs.start("server", [sys.executable, "-m", "fedsim", "server", str(config), "--address",
-                                                f"127.0.0.1:{port}", "--insecure", "--out", str(run_dir), "--quiet",
-                                                "--overwrite", "--wait-nodes", "900", "--round-timeout", "300"])}
+    started = {"server": procs.start("server", [sys.executable, "-m", "fedsim", "server", str(config), *_sets(overrides),
+                                                "--address", f"127.0.0.1:{port}", "--insecure", "--out", str(run_dir),
+                                                "--quiet", "--overwrite", "--wait-nodes", "900", "--round-timeout", "300"])}
     for i, clients in enumerate(contiguous(n, p)):
         started[f"node-{i}"] = procs.start(f"node-{i}", [
             sys.executable, "-m", "fedsim", "client", "--server", f"127.0.0.1:{port}", "--insecure",
@@ -150,6 +158,8 @@ def _measure(start, runtime: str, n: int, p: int, run_dir: Path, reference: Path
         row["registered_s"] = transport.get("registered_s")
         row["messages_per_round"] = round(transport["replies"] / row["rounds"], 1) if "replies" in transport else None
         row["final_accuracy"] = summary["final_accuracy"]
+        # the end-of-run checkpoint: the server's whole state (in-process it also holds the clients' own state)
+        row["checkpoint_mib"] = round((run_dir / "checkpoint.pt").stat().st_size / 2**20, 3)
         if reference is not None:
             row["same_metrics_as_in_process"] = ((run_dir / "metrics.jsonl").read_bytes()
                                                  == (reference / "metrics.jsonl").read_bytes())
@@ -178,18 +188,22 @@ def format_table(result: dict) -> str:
              f"{w['cpus']} CPUs",
              "",
              "| N | runtime | node processes | register all (s) | first round (s) | steady round (s) | server peak RSS "
-             "(MiB) | largest node peak RSS (MiB) | messages / round | MB / round | metrics = in-process |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "(MiB) | largest node peak RSS (MiB) | checkpoint (MiB) | messages / round | MB / round | "
+             "metrics = in-process |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    if w.get("overrides"):
+        lines.insert(1, f"overrides: {' '.join(w['overrides'])}")
     fmt = lambda v, f="{:.2f}": "-" if v is None else f.format(v)  # noqa: E731
     for r in result["runs"]:
         if not r["ok"]:
             lines.append(f"| {r['n']} | {r['runtime']} | {r['processes'] or '-'} | failed: {r.get('error', '')[:80]} "
-                         "| | | | | | | |")
+                         "| | | | | | | | |")
             continue
         same = r.get("same_metrics_as_in_process")
         lines.append(f"| {r['n']} | {r['runtime']} | {r['processes'] or '-'} | {fmt(r['registered_s'])} | "
                      f"{fmt(r['first_round_s'])} | {fmt(r['steady_round_s'], '{:.3f}')} | "
                      f"{fmt(r['server_peak_rss_mib'], '{:.0f}')} | {fmt(r['node_peak_rss_mib'], '{:.0f}')} | "
+                     f"{fmt(r.get('checkpoint_mib'), '{:.3f}')} | "
                      f"{fmt(r['messages_per_round'], '{:.0f}')} | {fmt(r['mb_per_round'], '{:.3f}')} | "
                      f"{'-' if same is None else same} |")
     return "\n".join(lines)
