@@ -15,6 +15,16 @@ import sys
 BENCHMARKS = ("runtime", "sim", "scale")
 
 
+def fedsim_cmd(*args: str) -> list[str]:
+    """``python -m fedsim ARGS`` with this interpreter (each benchmark arm starts a fresh one)."""
+    return [sys.executable, "-m", "fedsim", *args]
+
+
+def set_args(overrides) -> list[str]:
+    """``--set KEY=VALUE`` for each dotted override."""
+    return [a for s in overrides for a in ("--set", s)]
+
+
 def int_list(text: str, what: str) -> list[int]:
     """A comma-separated list of positive integers from the command line (``what`` names the flag)."""
     from ..config import ConfigError

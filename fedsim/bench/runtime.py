@@ -26,11 +26,10 @@ import os
 import shutil
 import socket
 import statistics
-import sys
 import time
 from pathlib import Path
 
-from . import cli_setup
+from . import cli_setup, fedsim_cmd, set_args
 from .processes import BenchError, Processes, free_port
 
 # A quickstart-like workload small enough for Flower's deployment runtime, which cold-starts a
@@ -144,18 +143,10 @@ def bench_runtime(*, rounds: int = 5, clients: int = 3, processes: int = 3, conf
 
 # --- the three runtimes ---------------------------------------------------------------------------
 
-def _fedsim(*args: str) -> list[str]:
-    return [sys.executable, "-m", "fedsim", *args]
-
-
-def _sets(overrides) -> list[str]:
-    return [a for s in overrides for a in ("--set", s)]
-
-
 def _run_inprocess(config, overrides, out: Path, timeout: float) -> dict:
     with Processes(out) as procs:
         t0 = time.time()
-        p = procs.start("fedsim-run", _fedsim("run", config, *_sets(overrides), "--out", str(out), "--quiet",
+        p = procs.start("fedsim-run", fedsim_cmd("run", config, *set_args(overrides), "--out", str(out), "--quiet",
                                                 "--overwrite"))
         procs.wait(p, timeout)
         return round_timings(out, t0, time.time())
@@ -164,7 +155,7 @@ def _run_inprocess(config, overrides, out: Path, timeout: float) -> dict:
 def _run_grpc(config, overrides, processes: int, out: Path, timeout: float) -> dict:
     with Processes(out) as procs:
         t0 = time.time()
-        p = procs.start("fedsim-launch", _fedsim("launch", config, *_sets(overrides), "--processes", str(processes),
+        p = procs.start("fedsim-launch", fedsim_cmd("launch", config, *set_args(overrides), "--processes", str(processes),
                                                  "--out", str(out), "--quiet", "--overwrite"))
         procs.wait(p, timeout)
         return round_timings(out, t0, time.time())

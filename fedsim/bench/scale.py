@@ -18,11 +18,10 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
-from . import cli_setup, int_list
+from . import cli_setup, fedsim_cmd, int_list, set_args
 from .memory import PeakMemory
 from .processes import BenchError, Processes, free_port
 
@@ -107,26 +106,22 @@ def bench_scale(sizes: list[int], processes: list[int], per_round: int, rounds: 
     return result
 
 
-def _sets(overrides) -> list[str]:
-    return [a for s in overrides for a in ("--set", s)]
-
-
 def _inprocess(procs: Processes, config: Path, run_dir: Path, overrides=()) -> dict:
-    return {"in-process": procs.start("fedsim-run", [sys.executable, "-m", "fedsim", "run", str(config), *_sets(overrides),
-                                                     "--out", str(run_dir), "--quiet", "--overwrite"])}
+    return {"in-process": procs.start("fedsim-run", fedsim_cmd("run", str(config), *set_args(overrides), "--out",
+                                                               str(run_dir), "--quiet", "--overwrite"))}
 
 
 def _grpc(procs: Processes, config: Path, run_dir: Path, n: int, p: int, overrides=()) -> dict:
     from ..experiments.launch import contiguous
 
     port = free_port()
-    started = {"server": procs.start("server", [sys.executable, "-m", "fedsim", "server", str(config), *_sets(overrides),
-                                                "--address", f"127.0.0.1:{port}", "--insecure", "--out", str(run_dir),
-                                                "--quiet", "--overwrite", "--wait-nodes", "900", "--round-timeout", "300"])}
+    started = {"server": procs.start("server", fedsim_cmd(
+        "server", str(config), *set_args(overrides), "--address", f"127.0.0.1:{port}", "--insecure", "--out",
+        str(run_dir), "--quiet", "--overwrite", "--wait-nodes", "900", "--round-timeout", "300"))}
     for i, clients in enumerate(contiguous(n, p)):
-        started[f"node-{i}"] = procs.start(f"node-{i}", [
-            sys.executable, "-m", "fedsim", "client", "--server", f"127.0.0.1:{port}", "--insecure",
-            "--clients", f"{clients[0]}-{clients[-1]}", "--name", f"node-{i}", "--max-wait", "600"])
+        started[f"node-{i}"] = procs.start(f"node-{i}", fedsim_cmd(
+            "client", "--server", f"127.0.0.1:{port}", "--insecure", "--clients", f"{clients[0]}-{clients[-1]}",
+            "--name", f"node-{i}", "--max-wait", "600"))
     return started
 
 

@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 
 from .memory import PeakMemory
-from . import int_list
+from . import fedsim_cmd, int_list, set_args
 from .processes import BenchError, Processes, free_port
 from .runtime import round_timings
 
@@ -248,8 +248,8 @@ def _run_floor(mode: str, k: int, out: Path, timeout: float, processes: int, *, 
 
 
 def _run_fedsim(config: Path, sets: list[str], out: Path, timeout: float, local_steps: int) -> dict:
-    cmd = [sys.executable, "-m", "fedsim", "run", str(config), *[a for s in sets for a in ("--set", s)],
-           "--out", str(out), "--quiet", "--overwrite"]  # the benchmark owns its run directories
+    cmd = fedsim_cmd("run", str(config), *set_args(sets), "--out", str(out), "--quiet",
+                     "--overwrite")  # the benchmark owns its run directories
     with Processes(out) as procs:
         r = _measured(procs, "fedsim-run", cmd, out, timeout)
     return {**r, "steps": _steps(out, local_steps)}

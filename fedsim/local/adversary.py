@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..data.datasets import Split
 from .evaluate import evaluate
 
 BEHAVIOURS = ("none", "sign-flip", "scale", "noise", "label-flip", "backdoor")
@@ -134,10 +135,10 @@ class Adversary:
         x, y = test.take(torch.arange(n))
         if self.behaviour == "backdoor":
             keep = y != self.target_label
-            view = _Tensors(self.stamp(x[keep], float(test.x.max())), torch.full_like(y[keep], self.target_label))
+            view = Split(self.stamp(x[keep], float(test.x.max())), torch.full_like(y[keep], self.target_label))
         elif self.behaviour == "label-flip":
             keep = (self.num_classes - 1 - y) != y
-            view = _Tensors(x[keep], self.num_classes - 1 - y[keep])
+            view = Split(x[keep], self.num_classes - 1 - y[keep])
         else:
             return None
         return evaluate(model, spec, params, view)[1] if len(view) else None
@@ -165,14 +166,3 @@ class PoisonedSplit:
             if hit.any():
                 x[hit] = self._stamped[slot[hit]]
         return x, self.y[idx]
-
-
-class _Tensors:
-    def __init__(self, x: torch.Tensor, y: torch.Tensor):
-        self.x, self.y = x, y
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def take(self, idx: torch.Tensor):
-        return self.x[idx], self.y[idx]

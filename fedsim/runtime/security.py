@@ -86,10 +86,7 @@ class TokenBook:
     @classmethod
     def load(cls, path: str | Path) -> "TokenBook":
         entries = []
-        for n, line in enumerate(Path(path).read_text().splitlines(), 1):
-            fields = line.split("#", 1)[0].split()
-            if not fields:
-                continue
+        for n, fields in _token_lines(path):
             if len(fields) != 3:
                 raise ValueError(f"{path}:{n}: expected 'NAME TOKEN CLIENTS' (a token without its client range "
                                  "would let one node answer for any other's clients)")
@@ -131,15 +128,20 @@ def write_tokens(out: str | Path, n: int, ranges: list[list[int]]) -> list[Path]
     return files
 
 
+def _token_lines(path: str | Path) -> list[tuple[int, list[str]]]:
+    """``(line number, fields)`` of every non-empty line of a token file, ``#`` comments removed."""
+    lines = ((n, line.split("#", 1)[0].split()) for n, line in enumerate(Path(path).read_text().splitlines(), 1))
+    return [(n, fields) for n, fields in lines if fields]
+
+
 def count_tokens(path: str | Path) -> int:
     """How many nodes a ``NAME TOKEN`` list names."""
-    return sum(1 for line in Path(path).read_text().splitlines() if len(line.split("#", 1)[0].split()) >= 2)
+    return sum(1 for _, fields in _token_lines(path) if len(fields) >= 2)
 
 
 def read_token_list(path: str | Path, name: str) -> str:
     """The token of node ``name`` from a ``NAME TOKEN`` list (``node-tokens.txt``)."""
-    for line in Path(path).read_text().splitlines():
-        fields = line.split("#", 1)[0].split()
+    for _, fields in _token_lines(path):
         if len(fields) >= 2 and fields[0] == name:
             return fields[1]
     raise ValueError(f"{path} has no token for {name}")
