@@ -222,6 +222,9 @@ def run_single(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, 
                                      f"because {rejections[0]} (metrics up to this round are in {metrics_path})")
             if last or (cfg.checkpoint_every and res.round % cfg.checkpoint_every == 0):
                 _save(ckpt_path, cfg, res.round, strategy, grid, finished=last)
+                _durable(strategy)
+            elif not cfg.checkpoint_every:  # no checkpoint until the end: nothing to go back to
+                _durable(strategy)
             return last
 
         failed = None
@@ -349,6 +352,11 @@ def read_checkpoint(path: Path) -> dict:
 def _save(path: Path, cfg: ExperimentConfig, rnd: int, strategy, grid, finished: bool) -> None:
     write_checkpoint(path, {"version": CHECKPOINT_VERSION, "round": rnd, "finished": finished, "runtime": _runtime(grid),
                             "config": cfg.to_dict(), "strategy": strategy.state_dict(), "grid": grid.state_dict()})
+
+
+def _durable(strategy) -> None:
+    if hasattr(strategy, "checkpointed"):  # fedsim's strategies (Flower's keep no client state)
+        strategy.checkpointed()
 
 
 def _runtime(grid) -> str:

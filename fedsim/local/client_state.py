@@ -62,3 +62,57 @@ class ClientStateStore:
 
     def from_record(self, cid: int, record: ArrayRecord) -> None:
         self.set(cid, torch.from_numpy(np.array(record["state"].numpy(), dtype=np.float32)))
+
+    def put(self, cid: int, value: torch.Tensor | None) -> None:
+        """Set a client's row, or (None) mark it as never set; a dropped row is not reused."""
+        if value is None:
+            self.row[cid] = -1
+        else:
+            self.set(cid, value)
+
+
+class StateVersions:
+    """Earlier versions of hosted clients' state that the server may still ask for.
+
+    A node keeps, per client, the version before each update it made (keyed by the update count,
+    the protocol's state-count) from the server's last checkpoint on: a server that resumes its
+    checkpoint, or that never received an answer, asks for an older count, and the node steps back
+    to exactly that version instead of refusing the client. Versions older than the server's
+    state-keep (the client's count in its last checkpoint) are forgotten when the client is next
+    contacted, so a node holds at most one extra version per client plus those made since the last
+    checkpoint.
+    """
+
+    def __init__(self) -> None:
+        self.versions: dict[int, dict[int, tuple]] = {}  # client -> count -> (one tensor or None per store)
+
+    def record(self, cid: int, count: int, values: tuple) -> None:
+        self.versions.setdefault(cid, {})[count] = tuple(None if v is None else v.clone() for v in values)
+
+    def forget_before(self, cid: int, count: int) -> None:
+        kept = {c: v for c, v in self.versions.get(cid, {}).items() if c >= count}
+        if kept:
+            self.versions[cid] = kept
+        else:
+            self.versions.pop(cid, None)
+
+    def take(self, cid: int, count: int) -> tuple | None:
+        """The client's state at ``count`` (None if not kept); versions from ``count`` on are dropped."""
+        mine = self.versions.get(cid, {})
+        values = mine.get(count)
+        if values is not None:
+            self.versions[cid] = {c: v for c, v in mine.items() if c < count}
+        return values
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for mine in self.versions.values() for values in mine.values()
+                   for t in values if t is not None)
+
+    def state_dict(self) -> dict:
+        return {"versions": [[cid, count, list(values)] for cid, mine in self.versions.items()
+                             for count, values in mine.items()]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.versions = {}
+        for cid, count, values in state["versions"]:
+            self.record(int(cid), int(count), tuple(values))

@@ -36,7 +36,7 @@ from .pool import WorkerPool, resolve_workers
 from .reference import Job, job_seed
 from .vectorized import TRAINERS, train
 from .uplink import Uplink, UplinkSpec
-from .client_state import ClientStateStore
+from .client_state import ClientStateStore, StateVersions
 from .adversary import Adversary
 
 BAD_REQUEST = 400
@@ -76,6 +76,7 @@ class ClientHandler:
         self.uplink = Uplink(len(self.parts), self.spec.dim)
         self.controls = ClientStateStore(len(self.parts), self.spec.dim)  # SCAFFOLD's c_i
         self.state_counts = np.zeros(len(self.parts), dtype=np.int64)  # updates of each client's state so far
+        self.versions: StateVersions | None = None  # earlier versions a server may ask for (keep_versions)
         self._gsm = None  # Opacus wrapper of a model copy, built on first example-level DP job
         self._eval_model = None  # a CPU copy for EVALUATE messages when training runs on an accelerator
         # train settings a message may leave out (a Flower strategy sends only server-round): the experiment's
@@ -92,10 +93,20 @@ class ClientHandler:
         """Training examples of every hosted client, int64 [N]."""
         return self.parts.sizes()
 
+    def keep_versions(self) -> None:
+        """Keep earlier versions of the clients' state so that a server resuming its checkpoint (or one
+        that lost an answer) gets exactly the state it counted. A node process needs this; in-process
+        the client state is part of the server's own checkpoint."""
+        if self.versions is None:
+            self.versions = StateVersions()
+
     def state_dict(self) -> dict:
         """Client-side state that outlives a round (error-feedback vectors, SCAFFOLD's c_i)."""
-        return {"uplink": self.uplink.store.state_dict(), "control": self.controls.state_dict(),
-                "counts": torch.from_numpy(self.state_counts.copy())}
+        state = {"uplink": self.uplink.store.state_dict(), "control": self.controls.state_dict(),
+                 "counts": torch.from_numpy(self.state_counts.copy())}
+        if self.versions is not None:
+            state["versions"] = self.versions.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.uplink.store.load_state_dict(state["uplink"])
@@ -103,6 +114,8 @@ class ClientHandler:
             self.controls.load_state_dict(state["control"])
         if "counts" in state:
             self.state_counts = state["counts"].numpy().astype(np.int64).copy()
+        if "versions" in state and self.versions is not None:
+            self.versions.load_state_dict(state["versions"])
 
     @contextmanager
     def client_state(self, context: Context):
@@ -238,14 +251,28 @@ class ClientHandler:
             ExampleDP(*dp)  # validates
             if P.CONTROL in msg.content.array_records:
                 raise ValueError("example-level DP training does not apply SCAFFOLD's control variates")
-        if P.STATE_COUNT in cfg and int(cfg[P.STATE_COUNT]) != int(self.state_counts[cid]):
-            raise ValueError(f"client {cid}'s state is out of sync: this node has applied {int(self.state_counts[cid])} "
-                             f"updates to it, the server has accepted {int(cfg[P.STATE_COUNT])} of its answers (a node "
-                             "restarted without its state, or the server resumed an older checkpoint); answering "
-                             "would corrupt the aggregate")
+        if P.STATE_COUNT in cfg:
+            self._sync_state(cid, int(cfg[P.STATE_COUNT]), int(cfg.get(P.STATE_KEEP, cfg[P.STATE_COUNT])))
         seed = job_seed(int(cfg["seed"]), int(cfg["server-round"]), cid)
         return Job(cid, self.parts[cid], steps, lr, batch, seed, ClientOptimizer.from_config(cfg),
                    self._correction(msg, cid))
+
+    def _sync_state(self, cid: int, count: int, keep: int) -> None:
+        """Bring client ``cid``'s state to the server's count of its accepted answers, or refuse."""
+        stores = (self.uplink.store, self.controls)
+        if count != int(self.state_counts[cid]):
+            earlier = None if self.versions is None else self.versions.take(cid, count)
+            if earlier is None:
+                raise ValueError(f"client {cid}'s state is out of sync: this node has applied "
+                                 f"{int(self.state_counts[cid])} updates to it, the server has accepted {count} of its "
+                                 "answers (a node restarted without its state, or one that kept no earlier versions "
+                                 "met a server that resumed an older checkpoint); answering would corrupt the aggregate")
+            for store, value in zip(stores, earlier):  # step back to the version the server counted
+                store.put(cid, value)
+            self.state_counts[cid] = count
+        if self.versions is not None:  # this job updates the state: keep the version it starts from
+            self.versions.forget_before(cid, keep)
+            self.versions.record(cid, count, tuple(store.get(cid) for store in stores))
 
     def _correction(self, msg: Message, cid: int) -> torch.Tensor | None:
         """SCAFFOLD: c - c_i when the message carries the server control variate c (c_i = 0 at first)."""

@@ -7,8 +7,11 @@ as the in-process runtime does, and every reply is pushed back as a Flower proto
 Each hosted client has its own ``Context`` (``partition-id``) and Flower node id.
 
 Losing the server (restart, network) makes the node reconnect with exponential backoff for up to
-``max_wait`` seconds and re-register; its handler and client-side state (EF21/EF14 vectors) survive
-that. A restarted node *process* starts with empty client-side state (see README).
+``max_wait`` seconds and re-register; its handler and client-side state (EF21/EF14 vectors,
+SCAFFOLD's c_i) survive that. The handler also keeps the earlier versions of that state a resumed
+server may ask for (``StateVersions``). A restarted node *process* has its clients' state only with
+``state_dir`` (saved before every batch of answers leaves); without it the server refuses its
+stateful clients by name.
 """
 
 from __future__ import annotations
@@ -163,6 +166,8 @@ class Node:
             if self.build_handler is None:
                 raise RuntimeError(f"{self.name}: no build_handler to build clients from the server's config")
             self.handler = self.build_handler(info["config"])
+            if hasattr(self.handler, "keep_versions"):  # the server may resume an older checkpoint
+                self.handler.keep_versions()
             self._config_key = key
             self.contexts = {}
             self._load_state()

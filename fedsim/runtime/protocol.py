@@ -12,7 +12,9 @@ TRAIN   content: ``"arrays"`` (global model, ArrayRecord of named tensors) and `
         SCAFFOLD adds ``"control"``: the server control variate c, flat float32 ``[D]`` named
         ``update``; the client corrects every local step by c - c_i and keeps its own c_i.
         Strategies with client-side state add state-count (answers of this client the server
-        accepted); a client whose state saw another number of updates answers with an error.
+        accepted) and state-keep (its count in the server's last checkpoint: the oldest version the
+        server may still ask for); a node steps back to a kept earlier version, and a client whose
+        state saw another number of updates and kept no such version answers with an error.
         reply:   ``"update"`` (ArrayRecord with one flat float32 vector ``[D]`` named ``update``, or,
         for a sparse compressor, ``values`` float32 ``[k']`` and ``indices`` int64 ``[k']``) and
         ``"metrics"``: num-examples, partition-id, local-steps, server-round, train-loss.
@@ -31,6 +33,7 @@ CONTROL = "control"  # SCAFFOLD: the server control variate c sent with the mode
 # strategies with client-side state (EF21/EF14 vectors, SCAFFOLD's c_i): how many of this client's
 # answers the server has accepted; a client whose state saw another number of updates refuses to train
 STATE_COUNT = "state-count"
+STATE_KEEP = "state-keep"  # the count in the server's last checkpoint: older versions may be forgotten
 UPDATE_KIND = "update-kind"  # absent: the message is a Flower strategy's; the reply follows Flower's convention
 UPDATE_DELTA = "delta"                  # y - x_s: the local model change
 UPDATE_MEAN_GRADIENT = "mean-gradient"  # -(y - x_s) / (lr * local_steps): AFA's worker answer

@@ -88,6 +88,7 @@ class FedsimStrategy(Strategy):
         # answers accepted per client: sent as state-count to clients that keep state, so a client whose
         # state was lost (a node restart) or is ahead of this server (a resumed checkpoint) refuses
         self.state_counts = torch.zeros(self.num_clients, dtype=torch.int64)
+        self.durable_counts = self.state_counts.clone()  # state_counts in the last checkpoint (sent as state-keep)
         self.pipeline = ServerPipeline(stages)  # server stages around server_update (user-level DP, momentum)
         self.decoder: ReplyDecoder | None = None
 
@@ -192,6 +193,7 @@ class FedsimStrategy(Strategy):
             cfg = {**base, "local-steps": int(steps), P.SIM_LATENCY: float(latency)}
             if self.keeps_client_state:
                 cfg[P.STATE_COUNT] = int(self.state_counts[cid])
+                cfg[P.STATE_KEEP] = int(self.durable_counts[cid])
             messages.append(Message(P.train_content(arrays, cfg, extra), dst_node_id=self.directory.node_of[cid],
                                     message_type=MessageType.TRAIN, group_id=str(server_round)))
             self.in_flight[cid] = server_round
@@ -243,6 +245,11 @@ class FedsimStrategy(Strategy):
         return ArrayRecord(torch_state_dict={k: v.clone() for k, v in self.spec.unflatten(self.params).items()})
 
     # --- state -----------------------------------------------------------------------------------
+    def checkpointed(self) -> None:
+        """The state just returned by ``state_dict`` is durable: the run can no longer go back further,
+        so clients may forget versions of their state older than this."""
+        self.durable_counts = self.state_counts.clone()
+
     def state_dict(self) -> dict:
         return {"params": self.params, "in_flight": dict(self.in_flight), "participation": self.participation.state_dict(),
                 "algorithm": self.state, "stages": self.pipeline.state_dict(), "state_counts": self.state_counts.clone(),
@@ -255,6 +262,7 @@ class FedsimStrategy(Strategy):
         self.in_flight = {int(k): int(v) for k, v in state["in_flight"].items()}
         if "state_counts" in state:
             self.state_counts = state["state_counts"].clone()
+        self.durable_counts = self.state_counts.clone()
         self.participation.load_state_dict(state["participation"])
         if self.params is not None and self.spec is not None:
             self.state = self.check_state(state["algorithm"])

@@ -137,13 +137,16 @@ def test_asynchronous_run_waits_for_a_dead_node_once(tmp_path):
     assert 1 <= summary["transport"]["timeouts"] <= 2
 
 
-@pytest.mark.parametrize("name, participation", [
-    ("fedavg", {"name": "uniform", "clients_per_round": 4}),
-    ("afa-cd", {"name": "anarchic", "p": 0.7, "max_steps": 5, "speed_spread": 1.0}),  # requests in flight
+@pytest.mark.parametrize("name, participation, extra", [
+    ("fedavg", {"name": "uniform", "clients_per_round": 4}, {}),
+    ("afa-cd", {"name": "anarchic", "p": 0.7, "max_steps": 5, "speed_spread": 1.0}, {"strategy.m": 2}),  # in flight
+    # client state on the nodes, 1-2 updates ahead of the checkpoint: they step back to it
+    ("ef21", {"name": "uniform", "clients_per_round": 6}, {"compression": {"name": "top-k", "density": 0.2}}),
+    ("afa-cs", {"name": "anarchic", "p": 0.7, "max_steps": 5, "speed_spread": 1.0}, {"strategy.m": 2}),
 ])
-def test_server_crash_and_resume_equals_uninterrupted(tmp_path, monkeypatch, name, participation):
+def test_server_crash_and_resume_equals_uninterrupted(tmp_path, monkeypatch, name, participation, extra):
     raw = tiny_config(rounds=6, eval_every=1, checkpoint_every=2, participation=participation,
-                      **{"strategy.name": name, **({"strategy.m": 2} if name == "afa-cd" else {})})
+                      **{"strategy.name": name, **extra})
     run_single(load_config(raw), tmp_path / "straight", progress=False)
 
     import fedsim.experiments.run as run_mod
@@ -248,12 +251,13 @@ def test_a_hostile_node_with_a_valid_token_cannot_stop_or_steer_the_server(tmp_p
     assert summary["final_accuracy"] > 0.3 and np.isfinite(summary["final_loss"])
 
 
-@pytest.mark.parametrize("keeps_state", [False, True])
-def test_a_restarted_node_without_its_clients_state_is_refused_and_with_it_continues(tmp_path, keeps_state):
+@pytest.mark.parametrize("name, keeps_state", [("ef21", False), ("ef21", True), ("afa-cs", False)])
+def test_a_restarted_node_without_its_clients_state_is_refused_and_with_it_continues(tmp_path, name, keeps_state):
     """EF21's g_i live in the node. A replacement node that lost them is refused by name (its answers
-    would break g = mean g_i); one restored from --state-dir continues exactly, as if nothing happened."""
-    raw = tiny_config(rounds=3, eval_every=1, **{"participation.clients_per_round": 8, "strategy.name": "ef21",
-                                                 "compression": {"name": "top-k", "density": 0.2}})
+    would break g = mean g_i); one restored from --state-dir continues exactly, as if nothing happened.
+    AFA-CS's memory of every client's answer is the server's: a bare replacement node continues exactly."""
+    extra = {"compression": {"name": "top-k", "density": 0.2}} if name == "ef21" else {"strategy.m": 4}
+    raw = tiny_config(rounds=3, eval_every=1, **{"participation.clients_per_round": 8, "strategy.name": name, **extra})
     state = {"state_dir": str(tmp_path / "state")} if keeps_state else {}
     server = ServerThread(raw, tmp_path / "g", round_timeout=30.0)
     dying = NodeThread(server.address, range(0, 4), node_cls=DyingNode, name="node-a", **state)
@@ -263,7 +267,7 @@ def test_a_restarted_node_without_its_clients_state_is_refused_and_with_it_conti
     server.result(60)
     assert healthy.join(20) == 0 and replacement.join(20) == 0
     rows = _rows(tmp_path / "g" / "metrics.jsonl")
-    if keeps_state:
+    if keeps_state or name == "afa-cs":
         run_single(load_config(raw), tmp_path / "ref", progress=False)
         assert rows == _rows(tmp_path / "ref" / "metrics.jsonl")
     else:
