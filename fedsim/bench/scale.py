@@ -98,12 +98,17 @@ def bench_scale(sizes: list[int], processes: list[int], per_round: int, rounds: 
                                  run_dir, reference, timeout, log))
     result = {"workload": {"model": "logreg", "dim": 20, "classes": 4, "rows_per_client": 20,
                            "clients_per_round": per_round, "rounds": rounds, "cpus": os.cpu_count(),
-                           "overrides": list(overrides)},
+                           "overrides": list(overrides), "strategy": _strategy(overrides)},
               "runs": runs}
     (out / "scale.json").write_text(json.dumps(result, indent=2))
     (out / "scale.md").write_text(format_table(result) + "\n")
     _plot(result, out / "scale.png")
     return result
+
+
+def _strategy(overrides) -> str:
+    named = [o.split("=", 1)[1] for o in overrides if o.startswith("strategy.name=")]
+    return named[-1] if named else "fedavg"
 
 
 def _inprocess(procs: Processes, config: Path, run_dir: Path, overrides=()) -> dict:
@@ -171,28 +176,30 @@ def _rounds(run_dir: Path, t0: float, t_end: float) -> dict:
     walls = [json.loads(x)["wall_time"] for x in (run_dir / "timing.jsonl").read_text().splitlines() if x.strip()]
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
     steady = [b - a for a, b in zip(walls, walls[1:])]
-    return {"rounds": len(rows), "first_round_s": round(walls[0] - t0, 3), "total_s": round(t_end - t0, 3),
+    versions = [r["server/model_versions"] for r in rows if "server/model_versions" in r]  # FedAsync, repair
+    return {"model_versions_max": max(versions) if versions else None,
+            "rounds": len(rows), "first_round_s": round(walls[0] - t0, 3), "total_s": round(t_end - t0, 3),
             "steady_round_s": round(statistics.median(steady), 4) if steady else None,
             "mb_per_round": round(sum(r["bytes_up"] + r["bytes_down"] for r in rows) / len(rows) / 1e6, 3)}
 
 
 def format_table(result: dict) -> str:
     w = result["workload"]
-    lines = [f"workload: FedAvg, logistic regression (D = {w['dim'] * w['classes'] + w['classes']}), "
+    lines = [f"workload: {w.get('strategy', 'fedavg')}, logistic regression (D = {w['dim'] * w['classes'] + w['classes']}), "
              f"{w['rows_per_client']} rows a client, K = {w['clients_per_round']} a round, {w['rounds']} rounds, "
              f"{w['cpus']} CPUs",
              "",
              "| N | runtime | node processes | register all (s) | first round (s) | steady round (s) | server peak RSS "
              "(MiB) | largest node peak RSS (MiB) | checkpoint (MiB) | messages / round | MB / round | "
-             "metrics = in-process |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "metrics = in-process | past models kept (max) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     if w.get("overrides"):
         lines.insert(1, f"overrides: {' '.join(w['overrides'])}")
     fmt = lambda v, f="{:.2f}": "-" if v is None else f.format(v)  # noqa: E731
     for r in result["runs"]:
         if not r["ok"]:
             lines.append(f"| {r['n']} | {r['runtime']} | {r['processes'] or '-'} | failed: {r.get('error', '')[:80]} "
-                         "| | | | | | | | |")
+                         "| | | | | | | | | |")
             continue
         same = r.get("same_metrics_as_in_process")
         lines.append(f"| {r['n']} | {r['runtime']} | {r['processes'] or '-'} | {fmt(r['registered_s'])} | "
@@ -200,7 +207,7 @@ def format_table(result: dict) -> str:
                      f"{fmt(r['server_peak_rss_mib'], '{:.0f}')} | {fmt(r['node_peak_rss_mib'], '{:.0f}')} | "
                      f"{fmt(r.get('checkpoint_mib'), '{:.3f}')} | "
                      f"{fmt(r['messages_per_round'], '{:.0f}')} | {fmt(r['mb_per_round'], '{:.3f}')} | "
-                     f"{'-' if same is None else same} |")
+                     f"{'-' if same is None else same} | {fmt(r.get('model_versions_max'), '{:d}')} |")
     return "\n".join(lines)
 
 

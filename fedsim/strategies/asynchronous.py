@@ -72,9 +72,13 @@ class AsyncStrategy(FedsimStrategy):
 
     def aggregate_train(self, server_round: int, replies):
         try:
-            return super().aggregate_train(server_round, replies)
+            arrays, metrics = super().aggregate_train(server_round, replies)
         finally:
             self.versions.retain(set(self.in_flight.values()))
+        if self.uses_versions:  # the model history's memory: versions with work in flight, at most `history`
+            metrics["server/model_versions"] = len(self.versions.versions)
+            metrics["server/model_versions_mib"] = self.versions.nbytes / 2**20
+        return arrays, metrics
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "versions": self.versions.state_dict()}
