@@ -254,7 +254,7 @@ def test_the_rendered_commands_run_a_federation_as_local_processes(rendered, tmp
     root = tmp_path / "pod"
     port, health = _free_port(), _free_port()
     mounts = {"/etc/fedsim/config": root / "config", "/etc/fedsim/tls": root / "tls", "/etc/fedsim/node": root / "node",
-              "/runs": root / "runs"}
+              "/runs": root / "runs", "/var/lib/fedsim": root / "state"}
     experiment = _find(docs, "ConfigMap", "fedsim-experiment")["data"]["experiment.toml"]
     (root / "config").mkdir(parents=True)
     (root / "config" / "experiment.toml").write_text(experiment.replace("rounds = 30", "rounds = 2"))
