@@ -1,7 +1,7 @@
 """The ``fedsim`` command line.
 
     fedsim presets
-    fedsim run PRESET_OR_TOML [--set key=value ...] [--out DIR] [--resume | --overwrite] [--seeds 0,1,2]
+    fedsim run PRESET_OR_TOML [--set key=value ...] [--out DIR] [--resume | --overwrite] [--seeds 0,1,2] [--arms A,B]
         [--export csv,tensorboard] [--quiet]
     fedsim repro ef21 --dataset phishing --method ef21,ef14 [--step-multiplier 8] [--json]
     fedsim launch | server | client | certs   (the gRPC runtime, see fedsim/experiments/grpc_commands.py)
@@ -57,6 +57,10 @@ def _run(args) -> int:
     from .experiments.setup import load as load_config
 
     cfg = load_config(args.config, args.set + ([f"seeds={args.seeds}"] if args.seeds else []))
+    if args.arms:
+        from .config import select_arms
+
+        cfg = select_arms(cfg, args.arms)
     out = args.out or os.path.join("runs", cfg.name)
     check_out_dir(out, resume=args.resume, overwrite=args.overwrite)
     run_config(cfg, out, resume=args.resume, progress=not args.quiet)
@@ -99,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write each run's metrics as metrics.csv and/or TensorBoard events")
     r.add_argument("--seeds", type=_seed_list, metavar="S1,S2,...",
                    help="run every arm once per seed and report mean ± std (same as --set 'seeds=[...]')")
+    r.add_argument("--arms", type=lambda t: [a.strip() for a in t.split(",") if a.strip()], metavar="A1,A2,...",
+                   help="run only these arms of a comparison")
     r.add_argument("--quiet", action="store_true", help="no progress output")
     r.set_defaults(func=_run)
     from .experiments.grpc_commands import add_parsers as add_grpc_parsers

@@ -167,6 +167,7 @@ class ExperimentConfig:
     eval_every: int = 5
     eval_clients: bool = False  # also evaluate on every client's own data: mean and worst-10% client accuracy
     staleness_oracle: bool = False  # experiment-only bound: stale answers replaced by fresh ones (in-process)
+    stale_model_delay: int = 0  # experiment-only scenario: slow clients train on the model of this many rounds ago
     checkpoint_every: int = 10
     threads: int = 1
     data: DataConfig = field(default_factory=DataConfig)
@@ -335,6 +336,17 @@ def load_config(source: str | dict, overrides: list[str] | tuple[str, ...] = (),
     return dataclasses.replace(cfg, arms=resolved)
 
 
+def select_arms(cfg: ExperimentConfig, names: list[str]) -> ExperimentConfig:
+    """The comparison restricted to the arms ``names`` (``fedsim run --arms``), in the preset's order."""
+    unknown = [n for n in names if n not in cfg.arms]
+    if not cfg.arms:
+        raise ConfigError(f"--arms: '{cfg.name}' is not a comparison (it has no [arms])")
+    if unknown:
+        raise ConfigError(f"--arms: no arm named {', '.join(map(repr, unknown))} in '{cfg.name}'; "
+                          f"its arms are {', '.join(cfg.arms)}")
+    return dataclasses.replace(cfg, arms={k: v for k, v in cfg.arms.items() if k in names})
+
+
 def arm_configs(cfg: ExperimentConfig) -> dict[str, ExperimentConfig]:
     """The runs a config stands for: one per arm, or the config itself (named by its strategy)."""
     if not cfg.arms:
@@ -353,6 +365,7 @@ def validate(cfg: ExperimentConfig) -> None:
     need(cfg.max_virtual_time >= 0, "max_virtual_time", "must be >= 0 (0 = no budget)")
     need(cfg.eval_every >= 1, "eval_every", f"must be >= 1, got {cfg.eval_every}")
     need(cfg.checkpoint_every >= 0, "checkpoint_every", "must be >= 0 (0 = only at the end)")
+    need(cfg.stale_model_delay >= 0, "stale_model_delay", "must be >= 0 (0 = off)")
     need(cfg.threads >= 1, "threads", "must be >= 1")
     need(cfg.seed >= 0, "seed", "must be >= 0")
     need(isinstance(cfg.seeds, list) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0

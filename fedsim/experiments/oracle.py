@@ -21,25 +21,23 @@ from collections.abc import Callable, Iterable
 from flwr.app import ArrayRecord, Message, MessageType
 
 from ..runtime import protocol as P
-from ..runtime.inprocess import InProcessGrid
+from .delay import DelayGrid
 
 
-class OracleGrid(InProcessGrid):
-    """An in-process grid whose stale answers are replaced by fresh ones computed on ``current()``."""
+class OracleGrid(DelayGrid):
+    """An in-process grid whose stale answers are replaced by fresh ones computed on ``current()``
+    (stale by latency, or by a fixed model delay: ``DelayGrid``)."""
 
-    def __init__(self, handler, num_clients: int, *, current: Callable[[], ArrayRecord], first_round: int = 1,
-                 **kw):
+    def __init__(self, handler, num_clients: int, *, current: Callable[[], ArrayRecord], **kw):
         super().__init__(handler, num_clients, **kw)
         self.current = current
-        self.round = first_round - 1          # the round being run: run_rounds pushes once per round
         self.sent: dict[str, tuple[int, dict]] = {}  # message id -> (node, train config), to re-run it
         self.replaced = 0                     # stale answers replaced in the current round
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         messages = list(messages)
-        self.round += 1
         self.replaced = 0
-        ids = list(super().push_messages(messages))
+        ids = list(super().push_messages(messages))  # counts the round (and ages the slow clients' models)
         for mid, msg in zip(ids, messages):
             if msg.metadata.message_type.startswith(MessageType.TRAIN):
                 self.sent[mid] = (msg.metadata.dst_node_id, dict(msg.content[P.CONFIG]))

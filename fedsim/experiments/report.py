@@ -121,7 +121,8 @@ def ci95(values: list[float]) -> tuple[float, float]:
 
 
 SEED_FIELDS = ("final_accuracy", "tail_accuracy", "best_accuracy", "final_loss", "wall_seconds")
-OPTIONAL_SEED_FIELDS = ("final_attack_success", "tail_attack_success")  # aggregated when every seed has them
+OPTIONAL_SEED_FIELDS = ("final_attack_success", "tail_attack_success",  # aggregated when every seed has them
+                        "final_accuracy_stale_classes", "tail_accuracy_stale_classes")
 
 
 def aggregate_seeds(per_seed: dict[str, dict[int, dict]]) -> dict[str, dict]:
@@ -149,10 +150,12 @@ def seed_table(aggregate: dict[str, dict]) -> str:
     """Markdown table of mean ± sample std over seeds, with the final accuracy's 95% t-interval."""
     private = any("epsilon" in a for a in aggregate.values())
     attacked = any("final_attack_success" in a for a in aggregate.values())
+    stale = any("tail_accuracy_stale_classes" in a for a in aggregate.values())
     head = ("| arm | seeds | final accuracy | 95% interval | mean of last 5 evals | best accuracy | final loss | "
             "wall (s) |" + (" ε at δ (accountant; mechanism; sampling; neighbouring) |" if private else "")
-            + (" attack success (final) | 95% interval |" if attacked else ""))
-    lines = [head, "|" + "---|" * (8 + private + 2 * attacked)]
+            + (" attack success (final) | 95% interval |" if attacked else "")
+            + (" slow clients' classes, mean of last 5 evals | 95% interval |" if stale else ""))
+    lines = [head, "|" + "---|" * (8 + private + 2 * attacked + 2 * stale)]
     for arm, a in aggregate.items():
         cells = [f"{a[f]['mean']:.4f} ± {a[f]['std']:.4f}" for f in SEED_FIELDS[:4]]
         lo, hi = a["final_accuracy"]["ci95"]
@@ -161,13 +164,19 @@ def seed_table(aggregate: dict[str, dict]) -> str:
         line = f"| {name} | {len(a['seeds'])} | {' | '.join(cells)} | {a['wall_seconds']['mean']:.1f} |"
         line += _privacy_cell(a) if private else ""
         if attacked:
-            rate = a.get("final_attack_success")
-            line += (f" {rate['mean']:.4f} ± {rate['std']:.4f} | [{rate['ci95'][0]:.4f}, {rate['ci95'][1]:.4f}] |"
-                     if rate else " — | — |")
+            line += _mean_ci_cells(a.get("final_attack_success"))
+        if stale:
+            line += _mean_ci_cells(a.get("tail_accuracy_stale_classes"))
         lines.append(line)
     lines += [f"\n{arm} seed {seed} failed: {why}" for arm, a in aggregate.items()
               for seed, why in a.get("failed_seeds", {}).items()]
     return "\n".join(lines)
+
+
+def _mean_ci_cells(field: dict | None) -> str:
+    if not field:
+        return " — | — |"
+    return f" {field['mean']:.4f} ± {field['std']:.4f} | [{field['ci95'][0]:.4f}, {field['ci95'][1]:.4f}] |"
 
 
 def mean_rows(runs: list[list[dict]]) -> list[dict]:

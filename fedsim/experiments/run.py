@@ -33,10 +33,11 @@ from ..local.evaluate import client_accuracy, evaluate_classes
 from ..runtime.grid import as_fedsim_grid
 from ..runtime.inprocess import InProcessGrid
 from ..runtime.loop import RoundResult, run_rounds
+from .delay import DelayGrid
 from .oracle import OracleGrid
 from .progress import Progress
 from .report import aggregate_seeds, budget_table, comparison_table, mean_rows, plot_curves, read_rows, seed_table
-from .setup import load_client_data, make_adversary, make_handler, make_model, make_strategy
+from .setup import delayed_clients, load_client_data, make_adversary, make_handler, make_model, make_strategy
 
 log = logging.getLogger("fedsim")
 
@@ -156,12 +157,20 @@ def run_single(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, 
     data = load_client_data(cfg)
     strategy = make_strategy(cfg, data)
     own_grid = grid is None  # ours to close: it may hold worker processes (client.workers)
-    if grid is None and cfg.staleness_oracle:  # experiment-only: stale answers replaced by fresh ones
-        grid = OracleGrid(make_handler(cfg, data), cfg.data.num_clients, seed=cfg.seed, current=strategy.global_arrays)
+    # experiment-only settings of the in-process grid: slow clients handed delayed models, the oracle
+    delay = {"stale": delayed_clients(cfg, data), "delay": cfg.stale_model_delay} if cfg.stale_model_delay else {}
+    if delay and hasattr(strategy, "keep_recent"):
+        strategy.keep_recent = cfg.stale_model_delay  # the models the delayed answers were computed on
+    if grid is None and cfg.staleness_oracle:
+        grid = OracleGrid(make_handler(cfg, data), cfg.data.num_clients, seed=cfg.seed, current=strategy.global_arrays,
+                          **delay)
+    elif grid is None and delay:
+        grid = DelayGrid(make_handler(cfg, data), cfg.data.num_clients, seed=cfg.seed, **delay)
     elif grid is None:
         grid = InProcessGrid(make_handler(cfg, data), cfg.data.num_clients, seed=cfg.seed)
-    elif cfg.staleness_oracle:
-        raise ConfigError("config key 'staleness_oracle' needs fedsim's in-process runtime (fedsim run)")
+    elif cfg.staleness_oracle or delay:
+        key = "staleness_oracle" if cfg.staleness_oracle else "stale_model_delay"
+        raise ConfigError(f"config key '{key}' needs fedsim's in-process runtime (fedsim run)")
     grid = as_fedsim_grid(grid)
     eval_model = make_model(cfg, data.dataset)
     spec = ParamSpec.of(eval_model)
@@ -176,7 +185,7 @@ def run_single(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, 
     first = 1
     if resume and ckpt_path.exists():
         first, arrays = _restore(ckpt_path, cfg, strategy, grid, metrics_path)
-        if isinstance(grid, OracleGrid):
+        if isinstance(grid, DelayGrid):
             grid.round = first - 1
     elif resume and metrics_path.exists():  # rows without a checkpoint: starting over would delete them
         raise CheckpointError(f"--resume: {out} has metrics.jsonl but no checkpoint.pt to continue from; "

@@ -65,6 +65,9 @@ def run_server(cfg: ExperimentConfig, out: str | Path, opts: ServerOptions, *, r
     if cfg.staleness_oracle:
         raise ConfigError("config key 'staleness_oracle' is an experiment-only bound (it needs every client's data "
                           "on the server); run it in-process with fedsim run")
+    if cfg.stale_model_delay:
+        raise ConfigError("config key 'stale_model_delay' is an experiment-only scenario (the in-process grid hands "
+                          "slow clients an old model); run it in-process with fedsim run")
     make_strategy(cfg, load_client_data(cfg))  # every setting (participation, DP plan, ...) checked before anyone waits
     grid = grid or make_grid(cfg, opts)
     creds = None if opts.insecure else server_credentials(opts.tls_dir)

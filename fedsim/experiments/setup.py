@@ -30,7 +30,7 @@ from ..local.vectorized import TRAINERS
 from ..local.optimizer import LR_SCHEDULES, ClientOptimizer
 from ..local.example_dp import ACCOUNTANTS as EXAMPLE_ACCOUNTANTS, SAMPLINGS as EXAMPLE_SAMPLINGS
 from ..models import MODELS, build_model, seeded
-from ..participation import PARTICIPATION, build_participation
+from ..participation import PARTICIPATION, build_participation, slow_clients
 from ..privacy import ACCOUNTANTS, MECHANISMS
 from ..runtime.protocol import EF_INITS
 from ..stages import SERVER_OPTIMIZERS, NormBound, UserLevelDP
@@ -128,6 +128,8 @@ def check(cfg: ExperimentConfig) -> None:
     if cfg.staleness_oracle and not row.asynchronous:
         raise ConfigError(f"config key 'staleness_oracle': strategy '{cfg.strategy.name}' is synchronous; the "
                           "oracle replaces stale answers, which only asynchronous strategies aggregate")
+    if cfg.stale_model_delay:
+        _check_model_delay(cfg, row)
     if is_flower_name(cfg.strategy.name):
         _check_flower(cfg)
     elif cfg.defense.norm_bound > 0 and (row.cls.update_kind != "delta" or row.cls.feedback != "none"):
@@ -280,6 +282,18 @@ def make_handler(cfg: ExperimentConfig, data: ClientData) -> ClientHandler:
         raise ConfigError(str(exc)) from None
 
 
+def _check_model_delay(cfg: ExperimentConfig, row) -> None:
+    key = "config key 'stale_model_delay'"
+    if not row.asynchronous:
+        raise ConfigError(f"{key}: strategy '{cfg.strategy.name}' is synchronous; it would aggregate the delayed "
+                          "answers as fresh ones (use direct, weighted, fedasync, fedbuff or repair)")
+    if not cfg.participation.get("slow_classes"):
+        raise ConfigError(f"{key} delays the slow clients' models: set participation.slow_classes")
+    if getattr(row.cls, "uses_versions", False) and cfg.strategy.history < cfg.stale_model_delay + 1:
+        raise ConfigError(f"{key} = {cfg.stale_model_delay} needs strategy.history >= {cfg.stale_model_delay + 1} "
+                          f"(the models of the last rounds), got {cfg.strategy.history}")
+
+
 def make_adversary(cfg: ExperimentConfig, data: ClientData) -> Adversary | None:
     """The Byzantine clients of ``[adversary]`` (None when every client is honest)."""
     a = cfg.adversary
@@ -298,6 +312,12 @@ def handler_for_config(raw: dict, device: str | None = None) -> ClientHandler:
     cfg = load(raw, [f"client.device={device}"] if device else [])
     torch.set_num_threads(cfg.threads)
     return make_handler(cfg, load_client_data(cfg))
+
+
+def delayed_clients(cfg: ExperimentConfig, data: ClientData) -> np.ndarray:
+    """Bool [N]: the slow clients (``participation.slow_classes``), who train on delayed models."""
+    hist = label_histogram(data.dataset.train.y.numpy(), data.parts, data.dataset.num_classes)
+    return slow_clients(hist, cfg.participation["slow_classes"], cfg.participation.get("slow_share", 0.5))
 
 
 def make_participation(cfg: ExperimentConfig, data: ClientData):

@@ -49,6 +49,7 @@ class AsyncStrategy(FedsimStrategy):
         self.staleness_fn = (staleness_fn, float(staleness_a), float(staleness_b))
         self.weight(torch.zeros(1))  # validates the staleness function now, not at the first stale answer
         self.versions = ModelVersions(history)
+        self.keep_recent = 0  # also keep the models of the last rounds (an experiment hands out delayed models)
 
     def weight(self, tau: torch.Tensor) -> torch.Tensor:
         kind, a, b = self.staleness_fn
@@ -74,7 +75,8 @@ class AsyncStrategy(FedsimStrategy):
         try:
             arrays, metrics = super().aggregate_train(server_round, replies)
         finally:
-            self.versions.retain(set(self.in_flight.values()))
+            recent = range(server_round + 1 - self.keep_recent, server_round + 1)
+            self.versions.retain(set(self.in_flight.values()) | set(recent))
         if self.uses_versions:  # the model history's memory: versions with work in flight, at most `history`
             metrics["server/model_versions"] = len(self.versions.versions)
             metrics["server/model_versions_mib"] = self.versions.nbytes / 2**20
