@@ -100,6 +100,10 @@ class RepairConfig:
     patience: int = 5           # estimated: declines in a row before switching for good
     switch_round: int = 0       # round: repair up to this round
     min_staleness: int = 1      # answers less stale than this are aggregated as they are
+    warm_start: bool = False    # start a client's inversion from its previous synthetic set (fixed data)
+    plateau_steps: int = 0      # stop once no residual improved by plateau_tol within this many steps (0: off)
+    plateau_tol: float = 0.01   # relative improvement that counts, for plateau_steps
+    device: str = "cpu"         # where the server inverts: cpu | cuda | auto
 
 
 @dataclass(frozen=True)
@@ -415,6 +419,8 @@ def _validate_staleness(cfg: ExperimentConfig, need) -> None:
     need(r.patience >= 1, "repair.patience", f"must be >= 1, got {r.patience}")
     need(r.switch_round >= 0, "repair.switch_round", "must be >= 0")
     need(r.min_staleness >= 1, "repair.min_staleness", "must be >= 1")
+    need(r.plateau_steps >= 0, "repair.plateau_steps", "must be >= 0 (0 = run every iteration)")
+    need(0 <= r.plateau_tol < 1, "repair.plateau_tol", f"must be in [0, 1), got {r.plateau_tol}")
 
 
 def _validate_adversary(a: AdversaryConfig, need) -> None:

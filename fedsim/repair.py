@@ -47,6 +47,7 @@ decide whether its clients accept that.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -73,75 +74,174 @@ class Repaired:
     used: bool            # the repaired update (True) or the stale one (False)
     residual: float       # inversion error floor, relative L1
     drift: float          # estimated staleness error, relative L1
-    seconds: float        # server compute of this repair (wall clock)
+    seconds: float        # server compute of this repair (wall clock; a batch's time is shared)
+    steps: int = 0        # inversion steps taken
+    synthetic: tuple | None = None  # (X, logits) found: the warm start of this client's next inversion
 
 
 def _rel_l1(a: torch.Tensor, ref_norm: torch.Tensor) -> torch.Tensor:
     return a.abs().sum() / ref_norm
 
 
-def invert(model: nn.Module, spec: ParamSpec, params_at_send: torch.Tensor, update: torch.Tensor, *,
-           local_steps: int, lr: float, batch_size: int, samples: int, input_shape: tuple,
-           iterations: int, image_lr: float, label_lr: float, tv: float, gen: torch.Generator,
-           box: tuple[float, float] | None) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Step 1: ``(X [n, *input], soft labels [n, C], relative L1 residual)`` with
-    ``LocalUpdate(params_at_send, (X, labels)) ~ update``; the best iterate seen is returned."""
-    obs = Observation(threat="T2", kind="update", params=params_at_send, value=update, num_samples=samples,
-                      num_clients=1, batch_size=batch_size, lr=lr, local_steps=local_steps)
-    labels = recover_labels(model, obs, input_shape, gen)
-    classes = int(spec.unflatten(params_at_send)[last_linear(model)[1]].numel())
-    x = random_images(samples, input_shape, gen, box).requires_grad_(True)
-    logits = (LABEL_SCALE * torch.nn.functional.one_hot(labels, classes).float()).requires_grad_(True)
+@dataclass
+class Problem:
+    """One stale answer to invert: the model it was computed on, what the client sent, and where the
+    synthetic set starts (``start``: a previous ``(X, logits)`` of the same client, or None: random
+    images and the labels recovered from the last-layer bias)."""
+
+    params_at_send: torch.Tensor
+    update: torch.Tensor
+    gen: torch.Generator
+    start: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
+@dataclass
+class Inverted:
+    x: torch.Tensor        # [n, *input] the synthetic inputs with the lowest residual seen
+    logits: torch.Tensor   # [n, C] their label logits (soft labels = softmax)
+    residual: float        # relative L1 residual at that iterate
+    steps: int             # optimiser steps taken (the plateau stop may end before the cap)
+
+    @property
+    def soft(self) -> torch.Tensor:
+        return torch.softmax(self.logits, -1)
+
+
+def _start(model: nn.Module, spec: ParamSpec, prob: Problem, *, samples: int, local_steps: int, lr: float,
+           batch_size: int, input_shape: tuple, box) -> tuple[torch.Tensor, torch.Tensor]:
+    if prob.start is not None:  # warm start: the client's previous synthetic set (its data is fixed)
+        return prob.start[0].clone(), prob.start[1].clone()
+    obs = Observation(threat="T2", kind="update", params=prob.params_at_send, value=prob.update,
+                      num_samples=samples, num_clients=1, batch_size=batch_size, lr=lr, local_steps=local_steps)
+    labels = recover_labels(model, obs, input_shape, prob.gen)
+    classes = int(spec.unflatten(prob.params_at_send)[last_linear(model)[1]].numel())
+    x = random_images(samples, input_shape, prob.gen, box)
+    return x, LABEL_SCALE * torch.nn.functional.one_hot(labels, classes).float()
+
+
+def invert_batch(model: nn.Module, spec: ParamSpec, problems: list[Problem], *, local_steps: int, lr: float,
+                 batch_size: int, samples: int, input_shape: tuple, iterations: int, image_lr: float,
+                 label_lr: float, tv: float, box: tuple[float, float] | None, plateau_steps: int = 0,
+                 plateau_tol: float = 0.0, trace=None) -> list[Inverted]:
+    """Step 1 for several stale answers at once: for each, ``(X, logits)`` with
+    ``LocalUpdate(params_at_send, (X, softmax(logits))) ~ update``.
+
+    The B problems are one optimisation over stacked tensors: the residual of each is computed with
+    ``torch.func`` (the client's unrolled steps, ``grad`` of ``grad``) under ``vmap``, and Adam,
+    sign and clamp act elementwise, so B problems together give what B separate runs give, in one
+    pass (on whichever device the tensors live). The image step decays x0.1 three times: at 3/8,
+    5/8 and 7/8 of ``iterations`` (IG's schedule), or, with ``plateau_steps``, whenever no problem's
+    best residual improved by more than ``plateau_tol`` (relative) in the last ``plateau_steps``
+    steps, and the fourth plateau (or ``iterations``) stops it: a convergence-based stop with a step
+    cap. ``trace(step, residuals [B], best)`` is called after every step (measurements). The best
+    iterate seen per problem is returned."""
+    from torch.func import functional_call, grad, vmap
+
+    def loss(w, x, soft):
+        return -(soft * torch.log_softmax(functional_call(model, spec.unflatten(w), (x,)), -1)).sum(-1).mean()
+
+    n, b = samples, min(batch_size or samples, samples)
+
+    def residual(x, logits, w0, update, norm):
+        soft, w = torch.softmax(logits, -1), w0
+        for s in range(local_steps):  # the client's local SGD, replayed (fixed cyclic minibatches)
+            idx = torch.arange(s * b, s * b + b, device=x.device) % n
+            w = w - lr * grad(loss)(w, x[idx], soft[idx])
+        r = (w - w0 - update).abs().sum() / norm
+        return r + tv * total_variation(x) if x.ndim == 4 else r, r  # TV: images only
+
+    step_fn = vmap(grad(residual, argnums=(0, 1), has_aux=True))
+    starts = [_start(model, spec, p, samples=samples, local_steps=local_steps, lr=lr, batch_size=batch_size,
+                     input_shape=input_shape, box=box) for p in problems]
+    x = torch.stack([s[0] for s in starts]).requires_grad_(True)
+    logits = torch.stack([s[1] for s in starts]).requires_grad_(True)
+    w0 = torch.stack([p.params_at_send for p in problems])
+    update = torch.stack([p.update for p in problems])
+    norm = update.abs().sum(1).clamp_min(1e-12)
     opt_x, opt_y = torch.optim.Adam([x], lr=image_lr), torch.optim.Adam([logits], lr=label_lr)
-    sched = ig_schedule(opt_x, iterations)
-    norm = update.abs().sum().clamp_min(1e-12)
-    best = (x.detach().clone(), torch.softmax(logits.detach(), -1), float("inf"))
-    for _ in range(iterations):
-        opt_x.zero_grad(set_to_none=False)
-        opt_y.zero_grad(set_to_none=False)
-        sim = local_update(model, spec, params_at_send, x, torch.softmax(logits, -1), steps=local_steps, lr=lr,
-                           batch_size=batch_size, create_graph=True)
-        residual = _rel_l1(sim - update, norm)
-        value = float(residual.detach())
-        if value != value:  # NaN: keep the best so far
+    sched = None if plateau_steps else ig_schedule(opt_x, iterations)
+    decays = 0  # with plateau_steps: IG's three x0.1 steps come at plateaus instead of at fixed fractions
+    best_x, best_y = x.detach().clone(), logits.detach().clone()
+    best = torch.full((len(problems),), float("inf"))
+    history: list[torch.Tensor] = []  # best residuals, for the plateau test
+    steps = 0
+    for steps in range(1, iterations + 1):
+        (gx, gy), r = step_fn(x.detach(), logits.detach(), w0, update, norm)
+        r = r.detach().cpu()
+        better = r < best  # NaN compares False: a diverged iterate is never kept
+        if better.any():
+            best = torch.where(better, r, best)
+            best_x[better], best_y[better] = x.detach()[better], logits.detach()[better]
+        if trace is not None:
+            trace(steps, r, best)
+        if not torch.isfinite(r).any():
             break
-        if value < best[2]:
-            best = (x.detach().clone(), torch.softmax(logits.detach(), -1), value)
-        (residual + tv * total_variation(x) if x.ndim == 4 else residual).backward()  # TV: images only
-        x.grad.sign_()
+        x.grad, logits.grad = gx.sign(), gy
         opt_x.step()
         opt_y.step()
-        sched.step()
+        if sched is not None:
+            sched.step()
         if box is not None:
             with torch.no_grad():
                 x.clamp_(*box)
-    return best
+        history.append(best.clone())
+        if plateau_steps and len(history) > plateau_steps:
+            if bool((best >= history.pop(0) * (1 - plateau_tol)).all()):  # no problem improved: a plateau
+                if decays == 3:
+                    break
+                decays += 1
+                for group in opt_x.param_groups:
+                    group["lr"] *= 0.1
+                history.clear()
+    return [Inverted(best_x[i], best_y[i], float(best[i]), steps) for i in range(len(problems))]
 
 
-def repair_update(model: nn.Module, spec: ParamSpec, params_at_send: torch.Tensor, params_now: torch.Tensor,
-                  update: torch.Tensor, *, local_steps: int, lr: float, batch_size: int, settings,
-                  input_shape: tuple, gen: torch.Generator, box: tuple[float, float] | None = None,
-                  margin: float | None = None) -> Repaired:
-    """Steps 1-3 for one stale answer; ``settings`` is a ``fedsim.config.RepairConfig``.
+def invert(model: nn.Module, spec: ParamSpec, params_at_send: torch.Tensor, update: torch.Tensor, *,
+           gen: torch.Generator, start=None, **settings) -> Inverted:
+    """``invert_batch`` for one stale answer."""
+    return invert_batch(model, spec, [Problem(params_at_send, update, gen, start)], **settings)[0]
+
+
+def repair_batch(model: nn.Module, spec: ParamSpec, problems: list[Problem], params_now: torch.Tensor, *,
+                 local_steps: int, lr: float, batch_size: int, settings, input_shape: tuple,
+                 box: tuple[float, float] | None = None, margin: float | None = None) -> list[Repaired]:
+    """Steps 1-3 for the stale answers of one round that share the client's local steps, inverted
+    together (``invert_batch``); ``settings`` is a ``fedsim.config.RepairConfig``.
 
     ``margin`` (the ``"estimated"`` policy's threshold) decides between the repaired and the stale
     update; ``None`` always takes the repaired one."""
     t0 = time.perf_counter()
     model.train()  # the mode clients train in
-    x, soft, residual = invert(model, spec, params_at_send, update, local_steps=local_steps, lr=lr,
-                               batch_size=batch_size, samples=settings.samples, input_shape=input_shape,
-                               iterations=settings.iterations, image_lr=settings.image_lr,
-                               label_lr=settings.label_lr, tv=settings.tv, gen=gen, box=box)
+    device = next(model.parameters()).device
+    problems = [Problem(p.params_at_send.to(device), p.update.to(device), p.gen,
+                        None if p.start is None else (p.start[0].to(device), p.start[1].to(device)))
+                for p in problems]
+    found = invert_batch(model, spec, problems, local_steps=local_steps, lr=lr, batch_size=batch_size,
+                         samples=settings.samples, input_shape=input_shape, iterations=settings.iterations,
+                         image_lr=settings.image_lr, label_lr=settings.label_lr, tv=settings.tv, box=box,
+                         plateau_steps=settings.plateau_steps, plateau_tol=settings.plateau_tol)
     replay = dict(steps=local_steps, lr=lr, batch_size=batch_size)
-    then = local_update(model, spec, params_at_send, x, soft, **replay).detach()
-    now = local_update(model, spec, params_now, x, soft, **replay).detach()
-    norm = update.abs().sum().clamp_min(1e-12)
-    drift = float(_rel_l1(now - then, norm))
-    residual = float(_rel_l1(then - update, norm))
-    if settings.mode == "replace":
-        repaired, expected_error = now, residual
-    else:  # the drift estimate is about as wrong, relatively, as D_rec is
-        repaired, expected_error = update + (now - then), residual * drift
-    finite = math.isfinite(residual) and bool(torch.isfinite(repaired).all())  # a failed inversion is never used
-    use = finite and (margin is None or margin * expected_error < drift)
-    return Repaired(repaired if use else update.clone(), use, residual, drift, time.perf_counter() - t0)
+    out = []
+    for prob, inv in zip(problems, found):
+        update = prob.update
+        then = local_update(model, spec, prob.params_at_send, inv.x, inv.soft, **replay).detach()
+        now = local_update(model, spec, params_now.to(device), inv.x, inv.soft, **replay).detach()
+        norm = update.abs().sum().clamp_min(1e-12)
+        drift = float(_rel_l1(now - then, norm))
+        residual = float(_rel_l1(then - update, norm))
+        if settings.mode == "replace":
+            repaired, expected_error = now, residual
+        else:  # the drift estimate is about as wrong, relatively, as D_rec is
+            repaired, expected_error = update + (now - then), residual * drift
+        finite = math.isfinite(residual) and bool(torch.isfinite(repaired).all())  # a failed inversion is never used
+        use = finite and (margin is None or margin * expected_error < drift)
+        out.append(Repaired((repaired if use else update.clone()).cpu(), use, residual, drift, 0.0, inv.steps,
+                            (inv.x.cpu(), inv.logits.cpu())))
+    seconds = (time.perf_counter() - t0) / max(len(out), 1)  # the batch's time, shared by its answers
+    return [dataclasses.replace(r, seconds=seconds) for r in out]
+
+
+def repair_update(model: nn.Module, spec: ParamSpec, params_at_send: torch.Tensor, params_now: torch.Tensor,
+                  update: torch.Tensor, *, gen: torch.Generator, start=None, **kw) -> Repaired:
+    """``repair_batch`` for one stale answer."""
+    return repair_batch(model, spec, [Problem(params_at_send, update, gen, start)], params_now, **kw)[0]

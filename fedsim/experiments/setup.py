@@ -118,6 +118,7 @@ def check(cfg: ExperimentConfig) -> None:
     one_of("strategy.ef_init", cfg.strategy.ef_init, EF_INITS)
     one_of("strategy.staleness_fn", cfg.strategy.staleness_fn, STALENESS_FUNCTIONS)
     one_of("repair.mode", cfg.repair.mode, MODES)
+    one_of("repair.device", cfg.repair.device, DEVICES)
     one_of("repair.switch", cfg.repair.switch, SWITCHES)
     one_of("adversary.behaviour", cfg.adversary.behaviour, BEHAVIOURS)
     _check_server_optimizer(cfg.server_optimizer)

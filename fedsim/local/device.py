@@ -12,14 +12,14 @@ import torch
 DEVICES = ("cpu", "cuda", "auto")
 
 
-def resolve_device(name: str) -> torch.device:
-    """The torch device for ``client.device``; asking for cuda without one is an error naming the key."""
+def resolve_device(name: str, key: str = "client.device") -> torch.device:
+    """The torch device for config key ``key``; asking for cuda without one is an error naming the key."""
     if name not in DEVICES:
-        raise ValueError(f"client.device must be one of {', '.join(DEVICES)}; got '{name}'")
+        raise ValueError(f"{key} must be one of {', '.join(DEVICES)}; got '{name}'")
     available = torch.cuda.is_available()
     if name == "auto":
         return torch.device("cuda" if available else "cpu")
     if name == "cuda" and not available:
-        raise ValueError("client.device is 'cuda' but torch sees no CUDA device "
+        raise ValueError(f"{key} is 'cuda' but torch sees no CUDA device "
                          f"(torch {torch.__version__}, CUDA build {torch.version.cuda}); use 'cpu' or 'auto'")
     return torch.device(name)

@@ -22,7 +22,8 @@ from ..config import RepairConfig
 from ..core import staleness as S
 from ..core.params import ParamSpec
 from ..local.reference import job_seed
-from ..repair import repair_update
+from ..local.device import resolve_device
+from ..repair import Problem, repair_batch
 from .asynchronous import AsyncStrategy
 from .base import Cohort
 
@@ -38,6 +39,7 @@ class RepairStrategy(AsyncStrategy):
         super().__init__(participation, **kw)
         self.settings = repair if isinstance(repair, RepairConfig) else RepairConfig(**(repair or {}))
         self.model, self.input_shape, self.box = model, tuple(input_shape), box
+        self._device = None  # repair.device, resolved (and the model moved there) at the first repair
 
     def init_state(self, dim: int) -> dict:
         if ParamSpec.of(self.model) != self.spec:
@@ -51,38 +53,52 @@ class RepairStrategy(AsyncStrategy):
         if cfg.switch == "round" and not state["switched_at"] and server_round > cfg.switch_round:
             state["switched_at"] = server_round
         tau = self.staleness(server_round, cohort)
-        rows, stats, missed = [], [], 0
-        for i, (cid, delta) in enumerate(zip(cohort.clients.tolist(), cohort.updates)):
+        rows, todo, missed = list(cohort.updates), [], 0
+        for i in range(len(rows)):
             if int(tau[i]) < cfg.min_staleness or state["switched_at"]:
-                rows.append(delta)
                 continue
-            base = self.versions.get(int(cohort.model_round[i]))
-            if base is None:
-                missed += 1
-                rows.append(delta)
+            if self.versions.get(int(cohort.model_round[i])) is None:
+                missed += 1  # aggregated as it is
                 continue
-            rep = self._repair_one(server_round, cid, base, params, delta, cohort, i)
-            rows.append(rep.update)
-            stats.append(rep)
+            todo.append(i)
+        stats = self._repair(server_round, params, cohort, todo, state)
+        for i, rep in zip(todo, stats):
+            rows[i] = rep.update
             state = self._count(server_round, rep, state)
+            if cfg.warm_start:
+                state["synthetic"] = {**state.get("synthetic", {}), int(cohort.clients[i]): rep.synthetic}
         new = S.direct(params, torch.stack(rows) if rows else cohort.updates, self.server_lr)
         metrics = {"repair/switched": int(bool(state["switched_at"])), "staleness/history_misses": missed,
                    "repair/count": len(stats), "repair/used": sum(r.used for r in stats)}
         if stats:
             metrics.update({"time/repair_seconds": sum(r.seconds for r in stats),
                             "repair/residual": sum(r.residual for r in stats) / len(stats),
-                            "repair/drift": sum(r.drift for r in stats) / len(stats)})
+                            "repair/drift": sum(r.drift for r in stats) / len(stats),
+                            "repair/steps": sum(r.steps for r in stats) / len(stats)})
         return new, state, metrics
 
-    def _repair_one(self, server_round, cid, base, params, delta, cohort: Cohort, i: int):
-        cfg = self.settings
-        n_i = float(cohort.num_examples[i])
-        # a full-batch client (batch >= its data) is replayed full-batch on the synthetic set
-        batch = cfg.samples if self.batch_size >= n_i else self.batch_size
-        gen = torch.Generator().manual_seed(job_seed(self.seed ^ _REPAIR_TAG, server_round, cid))
-        return repair_update(self.model, self.spec, base, params, delta, local_steps=int(cohort.local_steps[i]),
-                             lr=self.local_lr, batch_size=batch, settings=cfg, input_shape=self.input_shape,
-                             gen=gen, box=self.box, margin=cfg.margin if cfg.switch == "estimated" else None)
+    def _repair(self, server_round: int, params, cohort: Cohort, todo: list[int], state: dict) -> list:
+        """Repair the answers ``todo``: those with the same local steps and replay batch are inverted together."""
+        cfg, out = self.settings, {}
+        if self._device is None:
+            self._device = resolve_device(cfg.device, "repair.device")
+            self.model.to(self._device)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i in todo:
+            # a full-batch client (batch >= its data) is replayed full-batch on the synthetic set
+            batch = cfg.samples if self.batch_size >= float(cohort.num_examples[i]) else self.batch_size
+            groups.setdefault((int(cohort.local_steps[i]), batch), []).append(i)
+        warm = state.get("synthetic", {}) if cfg.warm_start else {}
+        for (steps, batch), members in groups.items():
+            problems = [Problem(self.versions.get(int(cohort.model_round[i])), cohort.updates[i],
+                                torch.Generator().manual_seed(job_seed(self.seed ^ _REPAIR_TAG, server_round,
+                                                                       int(cohort.clients[i]))),
+                                warm.get(int(cohort.clients[i]))) for i in members]
+            done = repair_batch(self.model, self.spec, problems, params, local_steps=steps, lr=self.local_lr,
+                                batch_size=batch, settings=cfg, input_shape=self.input_shape, box=self.box,
+                                margin=cfg.margin if cfg.switch == "estimated" else None)
+            out.update(zip(members, done))
+        return [out[i] for i in todo]
 
     def _count(self, server_round: int, rep, state: dict) -> dict:
         state = {**state, "repairs": state["repairs"] + 1, "used": state["used"] + int(rep.used),

@@ -233,8 +233,8 @@ def test_a_failed_inversion_is_never_aggregated_even_without_a_switch_policy(mon
     import fedsim.repair as R
 
     model, spec, x_s, x_t, stale, _, replay = _convex_case()
-    monkeypatch.setattr(R, "invert", lambda *a, **k: (torch.full((1, 10), float("nan")), torch.ones(1, 4) / 4,
-                                                      float("inf")))
+    monkeypatch.setattr(R, "invert_batch", lambda *a, **k: [R.Inverted(torch.full((1, 10), float("nan")),
+                                                                        torch.zeros(1, 4), float("inf"), 1)])
     rep = R.repair_update(model, spec, x_s, x_t, stale, local_steps=replay["steps"], lr=replay["lr"], batch_size=1,
                           settings=RepairConfig(samples=1), input_shape=(10,), gen=torch.Generator().manual_seed(0),
                           margin=None)
@@ -257,3 +257,50 @@ def test_fedasync_can_count_staleness_in_server_updates(unit, expected):
     _, metrics = strategy.aggregate_train(1, grid.pull_until(ids, len(ids)))
     assert metrics["fedasync/mean_staleness"] == expected and strategy.state["updates"] == 8
     assert strategy.state["sent_at"] == {2: 8}
+
+
+def _inversion_settings(**over):
+    return {"local_steps": 3, "lr": 0.5, "batch_size": 1, "samples": 1, "input_shape": (10,), "iterations": 40,
+            "image_lr": 0.1, "label_lr": 0.1, "tv": 0.0, "box": None, **over}
+
+
+def test_answers_inverted_together_equal_answers_inverted_one_by_one():
+    from fedsim.repair import Problem, invert, invert_batch
+
+    cases = [_convex_case(seed) for seed in (0, 1, 2)]
+    model, spec = cases[0][0], cases[0][1]
+    together = invert_batch(model, spec, [Problem(c[2], c[4], torch.Generator().manual_seed(i))
+                                          for i, c in enumerate(cases)], **_inversion_settings(iterations=15))
+    for i, c in enumerate(cases):
+        alone = invert(model, spec, c[2], c[4], gen=torch.Generator().manual_seed(i), **_inversion_settings(iterations=15))
+        assert torch.allclose(alone.x, together[i].x, atol=1e-5) and abs(alone.residual - together[i].residual) < 1e-5
+
+
+@pytest.mark.slow  # ~3 s
+def test_warm_start_continues_from_the_previous_set_and_the_plateau_stop_ends_early():
+    from fedsim.repair import invert
+
+    g = torch.Generator().manual_seed(0)
+    model = build_model("logreg", (10,), 4, seed=0)
+    spec = ParamSpec.of(model)
+    data = torch.randn(1, 10, generator=g), torch.randint(4, (1,), generator=g)
+    x_s = torch.randn(spec.dim, generator=g) * 0.3
+    x_next = x_s + torch.randn(spec.dim, generator=g) * 0.3  # the model of the same client's next update
+    replay = dict(steps=3, lr=0.5, batch_size=1)
+    stale, nxt = local_update(model, spec, x_s, *data, **replay), local_update(model, spec, x_next, *data, **replay)
+    cold = invert(model, spec, x_s, stale, gen=torch.Generator().manual_seed(0), **_inversion_settings(iterations=200))
+    # its data is fixed, so the set found for one update is a better start for the next one
+    first = []
+    warm = invert(model, spec, x_next, nxt, gen=torch.Generator().manual_seed(1), start=(cold.x, cold.logits),
+                  trace=lambda step, r, best: first.append(float(r[0])) if step == 1 else None,
+                  **_inversion_settings(iterations=20))
+    fresh_start = invert(model, spec, x_next, nxt, gen=torch.Generator().manual_seed(1),
+                         **_inversion_settings(iterations=20))
+    at_start = local_update(model, spec, x_next, cold.x, cold.soft, **replay)
+    assert abs(first[0] - float((at_start - nxt).abs().sum() / nxt.abs().sum())) < 1e-4  # it started there
+    assert warm.residual < fresh_start.residual, (warm.residual, fresh_start.residual)
+    model, spec, x_s, _, stale, _, _ = _convex_case()  # one the inversion solves (see above)
+    stopped = invert(model, spec, x_s, stale, gen=torch.Generator().manual_seed(1),
+                     **_inversion_settings(iterations=5000, plateau_steps=10, plateau_tol=0.01))
+    capped = invert(model, spec, x_s, stale, gen=torch.Generator().manual_seed(1), **_inversion_settings(iterations=100))
+    assert stopped.steps < 5000 and stopped.residual < min(0.05, capped.residual), (stopped, capped)
