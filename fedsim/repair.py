@@ -133,7 +133,8 @@ def invert_batch(model: nn.Module, spec: ParamSpec, problems: list[Problem], *, 
     5/8 and 7/8 of ``iterations`` (IG's schedule), or, with ``plateau_steps``, whenever no problem's
     best residual improved by more than ``plateau_tol`` (relative) in the last ``plateau_steps``
     steps, and the fourth plateau (or ``iterations``) stops it: a convergence-based stop with a step
-    cap. ``trace(step, residuals [B], best)`` is called after every step (measurements). The best
+    cap. ``trace(step, residuals [B], best [B], best_x, best_logits)`` is called after every step
+    (measurements). The best
     iterate seen per problem is returned."""
     from torch.func import functional_call, grad, vmap
 
@@ -173,7 +174,7 @@ def invert_batch(model: nn.Module, spec: ParamSpec, problems: list[Problem], *, 
             best = torch.where(better, r, best)
             best_x[better], best_y[better] = x.detach()[better], logits.detach()[better]
         if trace is not None:
-            trace(steps, r, best)
+            trace(steps, r, best, best_x, best_y)
         if not torch.isfinite(r).any():
             break
         x.grad, logits.grad = gx.sign(), gy

@@ -4,6 +4,7 @@
     fedsim bench sim [--clients-per-round 10,50] [--population 100] [--rounds 5] [--device cpu|cuda] [--json]
     fedsim bench scale [--sizes 1000,10000,100000] [--processes 1,2,4] [--clients-per-round 100] [--json]
     fedsim bench noise [--dims 10000,100000,1000000] [--steps 100] [--mechanism sqrt-toeplitz] [--json]
+    fedsim bench repair [--model mlp] [--steps 1000] [--delay 40] [--batch 4] [--device cpu|cuda] [--json]
 
 Each benchmark is a module with ``add_parser(bench_subparsers)``, listed in ``BENCHMARKS``; the process
 handling (own sessions, stop by PID) is in ``processes.py``, the memory sampler in ``memory.py``.
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import sys
 
-BENCHMARKS = ("runtime", "sim", "scale", "noise")
+BENCHMARKS = ("runtime", "sim", "scale", "noise", "repair")
 
 
 def fedsim_cmd(*args: str) -> list[str]:

@@ -292,7 +292,7 @@ def test_warm_start_continues_from_the_previous_set_and_the_plateau_stop_ends_ea
     # its data is fixed, so the set found for one update is a better start for the next one
     first = []
     warm = invert(model, spec, x_next, nxt, gen=torch.Generator().manual_seed(1), start=(cold.x, cold.logits),
-                  trace=lambda step, r, best: first.append(float(r[0])) if step == 1 else None,
+                  trace=lambda step, r, *_: first.append(float(r[0])) if step == 1 else None,
                   **_inversion_settings(iterations=20))
     fresh_start = invert(model, spec, x_next, nxt, gen=torch.Generator().manual_seed(1),
                          **_inversion_settings(iterations=20))
