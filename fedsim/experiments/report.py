@@ -122,7 +122,8 @@ def ci95(values: list[float]) -> tuple[float, float]:
 
 SEED_FIELDS = ("final_accuracy", "tail_accuracy", "best_accuracy", "final_loss", "wall_seconds")
 OPTIONAL_SEED_FIELDS = ("final_attack_success", "tail_attack_success",  # aggregated when every seed has them
-                        "final_accuracy_stale_classes", "tail_accuracy_stale_classes")
+                        "final_accuracy_stale_classes", "tail_accuracy_stale_classes",
+                        "client_accuracy_mean", "client_accuracy_worst10")
 
 
 def aggregate_seeds(per_seed: dict[str, dict[int, dict]]) -> dict[str, dict]:
@@ -151,11 +152,13 @@ def seed_table(aggregate: dict[str, dict]) -> str:
     private = any("epsilon" in a for a in aggregate.values())
     attacked = any("final_attack_success" in a for a in aggregate.values())
     stale = any("tail_accuracy_stale_classes" in a for a in aggregate.values())
+    worst = any("client_accuracy_worst10" in a for a in aggregate.values())
     head = ("| arm | seeds | final accuracy | 95% interval | mean of last 5 evals | best accuracy | final loss | "
             "wall (s) |" + (" ε at δ (accountant; mechanism; sampling; neighbouring) |" if private else "")
             + (" attack success (final) | 95% interval |" if attacked else "")
-            + (" slow clients' classes, mean of last 5 evals | 95% interval |" if stale else ""))
-    lines = [head, "|" + "---|" * (8 + private + 2 * attacked + 2 * stale)]
+            + (" slow clients' classes, mean of last 5 evals | 95% interval |" if stale else "")
+            + (" worst 10% of clients (final) | 95% interval |" if worst else ""))
+    lines = [head, "|" + "---|" * (8 + private + 2 * attacked + 2 * stale + 2 * worst)]
     for arm, a in aggregate.items():
         cells = [f"{a[f]['mean']:.4f} ± {a[f]['std']:.4f}" for f in SEED_FIELDS[:4]]
         lo, hi = a["final_accuracy"]["ci95"]
@@ -167,6 +170,8 @@ def seed_table(aggregate: dict[str, dict]) -> str:
             line += _mean_ci_cells(a.get("final_attack_success"))
         if stale:
             line += _mean_ci_cells(a.get("tail_accuracy_stale_classes"))
+        if worst:
+            line += _mean_ci_cells(a.get("client_accuracy_worst10"))
         lines.append(line)
     lines += [f"\n{arm} seed {seed} failed: {why}" for arm, a in aggregate.items()
               for seed, why in a.get("failed_seeds", {}).items()]
