@@ -73,6 +73,7 @@ class StrategyConfig:
     keep: int = 0                    # krum: 0 = Krum, m > 0 = Multi-Krum over the m best
     m: int = 10                      # afa-cd / afa-cs: answers to wait for per round
     ef_init: str = "full"            # ef21: first message uncompressed (full) or g_i = 0 (zero)
+    ef_momentum: float = 1.0         # ef21: EF21-SGDM's client momentum eta in (0, 1] (1 = plain EF21)
     # asynchronous strategies (direct, weighted, fedasync, fedbuff, repair)
     round_time: float = 0.0          # > 0: a round collects what arrives within this many (virtual) seconds
     staleness_fn: str = "polynomial"  # constant | polynomial | hinge | exponential
@@ -419,6 +420,7 @@ def _validate_staleness(cfg: ExperimentConfig, need) -> None:
     need(r.patience >= 1, "repair.patience", f"must be >= 1, got {r.patience}")
     need(r.switch_round >= 0, "repair.switch_round", "must be >= 0")
     need(r.min_staleness >= 1, "repair.min_staleness", "must be >= 1")
+    need(0 < s.ef_momentum <= 1, "strategy.ef_momentum", f"must be in (0, 1] (1 = plain EF21), got {s.ef_momentum}")
     need(r.plateau_steps >= 0, "repair.plateau_steps", "must be >= 0 (0 = run every iteration)")
     need(0 <= r.plateau_tol < 1, "repair.plateau_tol", f"must be in [0, 1), got {r.plateau_tol}")
 

@@ -43,6 +43,7 @@ BAD_REQUEST = 400
 FLOWER_PROX_MU = "proximal-mu"  # what Flower's FedProx strategy puts in its train config
 UPLINK_STATE = "fedsim.uplink"
 CONTROL_STATE = "fedsim.control"
+MOMENTUM_STATE = "fedsim.ef-momentum"
 COUNT_STATE = "fedsim.state-count"
 
 
@@ -103,6 +104,7 @@ class ClientHandler:
     def state_dict(self) -> dict:
         """Client-side state that outlives a round (error-feedback vectors, SCAFFOLD's c_i)."""
         state = {"uplink": self.uplink.store.state_dict(), "control": self.controls.state_dict(),
+                 "momentum": self.uplink.momentum.state_dict(),
                  "counts": torch.from_numpy(self.state_counts.copy())}
         if self.versions is not None:
             state["versions"] = self.versions.state_dict()
@@ -112,6 +114,8 @@ class ClientHandler:
         self.uplink.store.load_state_dict(state["uplink"])
         if "control" in state:  # checkpoints from before SCAFFOLD have none
             self.controls.load_state_dict(state["control"])
+        if "momentum" in state:  # nor from before EF21-SGDM
+            self.uplink.momentum.load_state_dict(state["momentum"])
         if "counts" in state:
             self.state_counts = state["counts"].numpy().astype(np.int64).copy()
         if "versions" in state and self.versions is not None:
@@ -122,7 +126,8 @@ class ClientHandler:
         """Load the hosted client's state from ``context.state`` and write it back afterwards: under
         Flower's runtimes the node Context, not this (possibly re-created) handler, is what persists."""
         cid = partition_id(context)
-        stores = ((UPLINK_STATE, self.uplink.store), (CONTROL_STATE, self.controls))
+        stores = ((UPLINK_STATE, self.uplink.store), (CONTROL_STATE, self.controls),
+                  (MOMENTUM_STATE, self.uplink.momentum))
         for key, store in stores:
             if key in context.state.array_records:
                 store.from_record(cid, context.state.array_records[key])
@@ -259,7 +264,7 @@ class ClientHandler:
 
     def _sync_state(self, cid: int, count: int, keep: int) -> None:
         """Bring client ``cid``'s state to the server's count of its accepted answers, or refuse."""
-        stores = (self.uplink.store, self.controls)
+        stores = (self.uplink.store, self.controls, self.uplink.momentum)
         if count != int(self.state_counts[cid]):
             earlier = None if self.versions is None else self.versions.take(cid, count)
             if earlier is None:

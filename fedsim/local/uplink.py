@@ -36,6 +36,7 @@ class UplinkSpec:
     feedback: str = "none"
     ef_init: str = "full"
     clip: float = 0.0  # > 0: clip the update to this L2 norm first
+    momentum: float = 1.0  # EF21-SGDM's eta (1: plain EF21)
 
     @staticmethod
     def from_config(cfg: ConfigRecord, dim: int, sizes: tuple[int, ...] = ()) -> UplinkSpec | None:
@@ -54,6 +55,11 @@ class UplinkSpec:
         ef_init = str(cfg.get(P.EF_INIT, "full"))
         if ef_init not in P.EF_INITS:
             raise ValueError(f"unknown ef-init '{ef_init}', expected one of {P.EF_INITS}")
+        momentum = float(cfg.get(P.EF_MOMENTUM, 1.0))
+        if not 0 < momentum <= 1:
+            raise ValueError(f"ef-momentum must be in (0, 1], got {momentum}")
+        if momentum < 1 and feedback != "ef21":
+            raise ValueError("ef-momentum is EF21-SGDM's: it needs error-feedback ef21")
         k = int(cfg.get(P.COMPRESS_K, dim))
         if name == "prune":  # the client knows its tensors; the server's k must agree with them
             comp = make_compressor(name, dim, density=float(cfg.get(P.COMPRESS_DENSITY, 0.0)), sizes=sizes)
@@ -62,14 +68,15 @@ class UplinkSpec:
         else:
             comp = make_compressor(name, dim, k=k if name in ("top-k", "rand-k") else None,
                                    unbiased=bool(cfg.get(P.COMPRESS_UNBIASED, False)))
-        return UplinkSpec(comp, feedback, ef_init, clip)
+        return UplinkSpec(comp, feedback, ef_init, clip, momentum)
 
 
 class Uplink:
     """Applies an ``UplinkSpec`` for many virtual clients; owns their error-feedback state."""
 
     def __init__(self, num_clients: int, dim: int):
-        self.store = ClientStateStore(num_clients, dim)
+        self.store = ClientStateStore(num_clients, dim)     # EF21's g_i or EF14's e_i
+        self.momentum = ClientStateStore(num_clients, dim)  # EF21-SGDM's v_i
 
     def encode(self, spec: UplinkSpec, cid: int, update: torch.Tensor, seed: int) -> ArrayRecord:
         gen = torch.Generator().manual_seed(seed ^ _COMPRESS_STREAM)
@@ -80,6 +87,10 @@ class Uplink:
             return spec.compressor(v, gen)
 
         state = self.store.get(cid)
+        if spec.momentum < 1:  # EF21-SGDM: compress the client's momentum estimator instead of its update
+            v = self.momentum.get(cid)
+            update = update if v is None else (1 - spec.momentum) * v + spec.momentum * update
+            self.momentum.set(cid, update)
         if spec.feedback == "ef21":
             if state is None and spec.ef_init == "full":
                 self.store.set(cid, update)

@@ -7,7 +7,8 @@ TRAIN   content: ``"arrays"`` (global model, ArrayRecord of named tensors) and `
         server-round, local-steps, lr, batch-size, seed, update-kind, and optionally sim-latency
         (virtual seconds the in-process runtime waits before delivering the answer); with
         compression also compressor, compress-k, compress-unbiased, error-feedback
-        (none | ef21 | ef14) and ef-init (full | zero); with example-level DP also
+        (none | ef21 | ef14), ef-init (full | zero) and, for EF21-SGDM, ef-momentum; with
+        example-level DP also
         example-dp-noise and example-dp-clip (DP-SGD noise multiplier and per-example clip norm).
         SCAFFOLD adds ``"control"``: the server control variate c, flat float32 ``[D]`` named
         ``update``; the client corrects every local step by c - c_i and keeps its own c_i.
@@ -43,6 +44,7 @@ VALUES, INDICES = "values", "indices"
 COMPRESSOR, COMPRESS_K, COMPRESS_UNBIASED = "compressor", "compress-k", "compress-unbiased"
 COMPRESS_DENSITY = "compress-density"  # prune: the fraction kept in each parameter tensor
 ERROR_FEEDBACK, EF_INIT = "error-feedback", "ef-init"
+EF_MOMENTUM = "ef-momentum"  # EF21-SGDM: the client's estimator v_i <- (1 - eta) v_i + eta Delta_i (absent: 1, EF21)
 CLIENT_CLIP = "client-clip"  # > 0: the client clips its update to this L2 norm before compressing it
 FEEDBACKS = ("none", "ef21", "ef14")
 EF_INITS = ("full", "zero")

@@ -11,6 +11,13 @@ gamma = eta_g * eta_l * K: with the identity compressor, full participation and 
 exactly FedAvg with uniform weights (tested). With ``ef_init = "full"`` a client's first message is
 Delta_i uncompressed (g_i^0 = grad f_i(x^0) in the paper) and is counted as 32 D bits.
 
+**EF21-SGDM** (Fatkhullin, Tyurin, Richtarik, NeurIPS 2023, arXiv 2305.15155, Algorithm 1) with
+``strategy.ef_momentum = eta < 1``: the client first averages its updates into a momentum estimator
+v_i <- (1 - eta) v_i + eta Delta_i (v_i^0 = Delta_i, the paper's v_i^0 = g_i^0) and compresses
+v_i - g_i instead of Delta_i - g_i; the server is EF21's. The paper's stochastic gradient at x^t is
+here the client's normalised multi-step update (ours, as for EF21); v_i lives with the client
+(checkpointed like g_i). eta = 1 is EF21 exactly.
+
 **EF14** (Seide et al. 2014; Stich, Cordonnier, Jaggi, arXiv 1809.07599, Algorithm 1): the client
 sends m_i = C(e_i + Delta_i) for its model delta and keeps the residual e_i += Delta_i - m_i; the
 server averages the m_i of the participants (FedAvg with uniform weights).
@@ -32,10 +39,13 @@ class EF21Strategy(FedsimStrategy):
     feedback = "ef21"
     noisy_sum = True
 
-    def __init__(self, participation, *, local_steps: int, ef_init: str = "full", **kw):
+    def __init__(self, participation, *, local_steps: int, ef_init: str = "full", ef_momentum: float = 1.0, **kw):
         super().__init__(participation, **kw)
         if ef_init not in P.EF_INITS:
             raise ValueError(f"strategy.ef_init must be one of {P.EF_INITS}, got '{ef_init}'")
+        if not 0 < ef_momentum <= 1:
+            raise ValueError(f"strategy.ef_momentum must be in (0, 1], got {ef_momentum}")
+        self.ef_momentum = float(ef_momentum)
         if local_steps < 1:
             raise ValueError(f"local_steps must be >= 1, got {local_steps}")
         self.ef_init = ef_init
@@ -46,7 +56,8 @@ class EF21Strategy(FedsimStrategy):
         return {"g": torch.zeros(dim, dtype=torch.float64), "seen": torch.zeros(self.num_clients, dtype=torch.bool)}
 
     def uplink_config(self) -> dict:
-        return {**super().uplink_config(), P.EF_INIT: self.ef_init}
+        momentum = {P.EF_MOMENTUM: self.ef_momentum} if self.ef_momentum < 1 else {}
+        return {**super().uplink_config(), P.EF_INIT: self.ef_init, **momentum}
 
     def dense_expected(self, cid: int) -> bool:
         return self._first_full(cid) or super().dense_expected(cid)

@@ -141,7 +141,8 @@ def test_asynchronous_run_waits_for_a_dead_node_once(tmp_path):
     pytest.param("fedavg", {"name": "uniform", "clients_per_round": 4}, {}, marks=pytest.mark.slow),  # ef21's path
     ("afa-cd", {"name": "anarchic", "p": 0.7, "max_steps": 5, "speed_spread": 1.0}, {"strategy.m": 2}),  # in flight
     # client state on the nodes, 1-2 updates ahead of the checkpoint: they step back to it
-    ("ef21", {"name": "uniform", "clients_per_round": 6}, {"compression": {"name": "top-k", "density": 0.2}}),
+    ("ef21", {"name": "uniform", "clients_per_round": 6},  # EF21-SGDM: g_i and v_i
+     {"compression": {"name": "top-k", "density": 0.2}, "strategy.ef_momentum": 0.5}),
     pytest.param("afa-cs", {"name": "anarchic", "p": 0.7, "max_steps": 5, "speed_spread": 1.0}, {"strategy.m": 2},
                  marks=pytest.mark.slow),
 ])

@@ -29,6 +29,7 @@ ANARCHIC = {"name": "anarchic", "p": 0.7, "max_steps": 5, "speed_spread": 1.0}
     ("afa-cd", ANARCHIC, {}, {"strategy.m": 2}),
     ("afa-cs", ANARCHIC, {}, {"strategy.m": 2}),
     ("ef21", UNIFORM, {"name": "top-k", "density": 0.1}, {}),      # client g_i and server g restored
+    ("ef21", UNIFORM, {"name": "top-k", "density": 0.1}, {"strategy.ef_momentum": 0.5}),  # EF21-SGDM's v_i too
     ("ef14", UNIFORM, {"name": "rand-k", "k": 5}, {}),             # client residuals restored
     ("dp-mf", {"name": "fixed-epoch", "clients_per_round": 4}, {}, {}),  # noise stream and history restored
     ("fedbuff", SLOW, {}, {**WINDOW, "strategy.buffer_size": 3}),  # a part-filled buffer restored

@@ -327,3 +327,33 @@ def test_cli_several_methods_tol_and_bad_arguments(tmp_path, capsys):
         with pytest.raises(SystemExit) as info:
             main(["repro", "ef21", "--dataset", "phishing", *bad])
         assert info.value.code == 2
+
+
+def test_ef21_sgdm_compresses_the_clients_momentum_estimator():
+    """EF21-SGDM (arXiv 2305.15155, Alg. 1): v_i <- (1 - eta) v_i + eta Delta_i, then EF21 on v_i."""
+    from flwr.app import ConfigRecord
+
+    from fedsim.local.uplink import Uplink, UplinkSpec
+    from fedsim.runtime import protocol as P
+
+    dim, eta = 6, 0.25
+    cfg = {P.COMPRESSOR: "top-k", P.COMPRESS_K: 2, P.ERROR_FEEDBACK: "ef21", P.EF_INIT: "full", P.EF_MOMENTUM: eta}
+    spec = UplinkSpec.from_config(ConfigRecord(cfg), dim)
+    uplink = Uplink(3, dim)
+    d1, d2 = torch.arange(1.0, 7.0), torch.tensor([6.0, -5.0, 0.5, 0.0, 3.0, -1.0])
+    first = uplink.encode(spec, 1, d1, seed=0)  # v = g = Delta at first, sent whole
+    assert torch.equal(P.read_flat(first), d1) and torch.equal(uplink.momentum.get(1), d1)
+    second = uplink.encode(spec, 1, d2, seed=0)
+    v = (1 - eta) * d1 + eta * d2
+    diff = v - d1
+    top = diff.abs().topk(2).indices
+    sent = torch.zeros(dim)
+    sent[top] = diff[top]
+    values, indices = second[P.VALUES].numpy(), second[P.INDICES].numpy()
+    assert sorted(indices.tolist()) == sorted(top.tolist())
+    dense = torch.zeros(dim)
+    dense[torch.from_numpy(indices.astype(np.int64))] = torch.from_numpy(values)
+    assert torch.allclose(dense, sent)
+    assert torch.allclose(uplink.store.get(1), d1 + sent) and torch.allclose(uplink.momentum.get(1), v)
+    with pytest.raises(ValueError, match="needs error-feedback ef21"):
+        UplinkSpec.from_config(ConfigRecord({**cfg, P.ERROR_FEEDBACK: "ef14"}), dim)
