@@ -11,7 +11,15 @@ two-sided learning rates: ``x_{t+1} = x_t - eta * eta_L * G_t``.
   ``G_t = (1/N) sum_i memory_i`` over all N workers; absent workers' stored answers are reused.
 
 With full participation, no delay and K_i = 1 both reduce to FedAvg with server rate eta and uniform
-client weights. The memory of AFA-CS is explicit state ``[N, D]``.
+client weights (tested).
+
+The paper's: K-normalised answers, the two-sided rates, AFA-CD's mean of the answers that arrived,
+AFA-CS's mean over all N workers' latest answers. Ours (the paper's text was not available offline
+to settle them): AFA-CD's m counts answers, not distinct workers (``strategy.m``; a fast worker
+could count twice, though fedsim never sends a busy client new work); AFA-CS's slots start at zero
+(as IBM's MIFA baseline), so early rounds are damped by the workers not yet heard from; AFA-CS's
+memory is stored compactly (``cs_update``: the running sum plus each worker's last answer, only for
+workers that ever answered) rather than as a dense ``[N, D]`` table, the same numbers.
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from fedsim.attacks.config import load_attack_config
 from fedsim.attacks.evaluate import evaluate
 
@@ -48,6 +50,7 @@ def test_attack_grid_writes_results_table_and_grid_image(tmp_path):
     assert width >= 600 and height < 2 * width
 
 
+@pytest.mark.slow  # ~5 s; the grid test above runs the same command line
 def test_single_cell_from_a_toml_with_overrides(tmp_path):
     path = tmp_path / "my-attack.toml"
     path.write_text('name = "mine"\n[data]\nname = "mnist5k"\npool = 50\n'

@@ -31,7 +31,8 @@ ANARCHIC = {"name": "anarchic", "p": 0.7, "max_steps": 5, "speed_spread": 1.0}
     ("ef21", UNIFORM, {"name": "top-k", "density": 0.1}, {}),      # client g_i and server g restored
     ("ef21", UNIFORM, {"name": "top-k", "density": 0.1}, {"strategy.ef_momentum": 0.5}),  # EF21-SGDM's v_i too
     ("ef14", UNIFORM, {"name": "rand-k", "k": 5}, {}),             # client residuals restored
-    ("dp-mf", {"name": "fixed-epoch", "clients_per_round": 4}, {}, {}),  # noise stream and history restored
+    pytest.param("dp-mf", {"name": "fixed-epoch", "clients_per_round": 4}, {}, {},  # noise stream and history restored
+                 marks=pytest.mark.slow),  # ~4 s; the registry's resume test covers dp-mf by default
     ("fedbuff", SLOW, {}, {**WINDOW, "strategy.buffer_size": 3}),  # a part-filled buffer restored
     ("fedasync", SLOW, {}, WINDOW),                                # model history restored
     ("repair", SLOW, {}, {**WINDOW, "repair.iterations": 3, "repair.samples": 2}),  # history, switch state
