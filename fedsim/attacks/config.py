@@ -17,7 +17,7 @@ from ..config import ConfigError, apply_override, build_dataclass, preset_names,
 from .defenses import DEFENSES, DefenseConfig
 from .dlg import DLGConfig
 from .inverting import IGConfig, SMEConfig
-from .cpa import CPAConfig
+from .cpa import SCALINGS, CPAConfig
 
 __all__ = ["ATTACKS", "AttackRunConfig", "ConfigError", "attack_preset_names", "load_attack_config"]
 
@@ -168,6 +168,8 @@ def validate(cfg: AttackRunConfig) -> None:
         for name in ("evals", "steps"):
             if hasattr(fam, name):
                 need(getattr(fam, name) >= 0, f"attack.{a}.{name}", "must be >= 0")
+    need(cfg.attack.cpa.scale_from in SCALINGS, "attack.cpa.scale_from",
+         f"must be one of {', '.join(SCALINGS)}; got '{cfg.attack.cpa.scale_from}'")
     need(0 <= cfg.attack.sme.alpha_init <= 1, "attack.sme.alpha_init", "must be in [0, 1]")
     need(cfg.attack.sme.local_steps >= 1, "attack.sme.local_steps", "must be >= 1")
     need(cfg.attack.sme.client_lr > 0, "attack.sme.client_lr", "must be > 0")

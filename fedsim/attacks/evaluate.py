@@ -1,6 +1,7 @@
 """Attack x defense x batch-size evaluation: one result row per cell.
 
-A cell runs ``trials`` times. Each trial draws the victims' images (the same images for every
+A cell runs ``trials`` times (rows: PSNR over all images, and the 95% t-interval of the mean over
+the trials' mean PSNRs, ``psnr_ci95``). Each trial draws the victims' images (the same images for every
 attack and defense at that batch size and trial), builds the attack's model at initialisation
 (state "init": the optimistic case, stated in every row), lets the clients train and send through
 the defense (:func:`fedsim.attacks.observations.observe`), runs the attack on the observation
@@ -19,11 +20,12 @@ import numpy as np
 import torch
 
 from ..core.params import ParamSpec
+from ..core.stats import ci95
 from ..local.reference import job_seed
 from . import metrics
 from .analytic import analytic_fc
 from .config import AttackRunConfig
-from .cpa import PixelPrior, cpa
+from .cpa import SCALINGS, PixelPrior, cpa
 from .data import Pool, load_pool, sample_clients
 from .defenses import DefenseConfig, dp_epsilon
 from .dlg import dlg
@@ -92,6 +94,7 @@ def _cell(cfg: AttackRunConfig, pool: Pool, attack: str, defense: DefenseConfig,
     model_name = cfg.model_for(attack)
     example = Example(f"{attack} / {defense.display}")
     psnrs, ssims, label_accs, truths, runtime, threat, how = [], [], [], [], 0.0, "", ""
+    trial_psnr = []  # each trial's mean PSNR: trials are the independent repetitions of a cell
     steps = 1
     for trial in range(cfg.trials):
         data_gen = torch.Generator().manual_seed(job_seed(cfg.seed, trial, b))
@@ -103,7 +106,7 @@ def _cell(cfg: AttackRunConfig, pool: Pool, attack: str, defense: DefenseConfig,
         obs = _observe(attack, model, params, clients, pool, cfg, defense, noise_gen, cfg.seed + trial)
         threat, steps = obs.threat, obs.local_steps
         t0 = time.perf_counter()
-        x_hat, y_hat, how, _ = run_attack(attack, model, obs, pool, cfg,
+        x_hat, y_hat, how, info = run_attack(attack, model, obs, pool, cfg,
                                           torch.Generator().manual_seed(job_seed(cfg.seed, trial, 30_000 + b)))
         runtime += time.perf_counter() - t0
         truth = torch.cat([u for u, _ in clients])
@@ -114,6 +117,7 @@ def _cell(cfg: AttackRunConfig, pool: Pool, attack: str, defense: DefenseConfig,
         matched = recon[order[keep]]
         p = metrics.psnr(matched, truth[keep])
         psnrs.extend(p.tolist())
+        trial_psnr.append(float(p.mean()))
         if min(truth.shape[-2:]) >= 11:
             ssims.extend(metrics.ssim(matched, truth[keep]).tolist())
         label_accs.append(metrics.label_accuracy(y_hat.tolist(), true_y.tolist()))
@@ -139,9 +143,12 @@ def _cell(cfg: AttackRunConfig, pool: Pool, attack: str, defense: DefenseConfig,
         "num_images": defense.clients * b, "local_steps": steps,
         "client_lr": cfg.attack.sme.client_lr if attack == "sme" else cfg.client.lr,
         "labels": how, "trials": cfg.trials, "seed": cfg.seed,
+        "variant": SCALINGS[cfg.attack.cpa.scale_from] if attack == "cpa" else None,
+        "scale_from": info.get("scale_from") if attack == "cpa" else None,
         "label_accuracy": float(np.mean(label_accs)),
         "psnr_mean": float(arr.mean()), "psnr_std": float(arr.std()),
         "psnr_median": float(np.median(arr)), "psnr_max": float(arr.max()),
+        "psnr_trial_means": trial_psnr, "psnr_ci95": list(ci95(trial_psnr)) if len(trial_psnr) > 1 else None,
         "ssim_mean": float(np.mean(ssims)) if ssims else None, "lpips_mean": None,
         "frac_above_floor6": float((arr >= floor_row + 6).mean()),
         "floor_psnr": floor_row,

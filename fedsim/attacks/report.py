@@ -21,7 +21,20 @@ import torch  # noqa: E402
 __all__ = ["markdown_table", "plot_grid", "write_outputs", "write_results_json"]
 
 _COLUMNS = ("attack | threat | model | defense | B | N | images | labels | label acc | PSNR mean ± std "
-            "| median / max | SSIM | ≥ floor+6 dB | floor | ε (δ) | utility acc | time (s)")
+            "| 95% interval (trials) | median / max | SSIM | ≥ floor+6 dB | floor | ε (δ) | utility acc | time (s)")
+
+
+def _attack_name(r: dict) -> str:
+    """CPA's variant is named: fedsim's bias-gradient scaling is an extension of the paper's attack."""
+    variant = r.get("variant")
+    if r["attack"] != "cpa" or not variant:
+        return r["attack"]
+    return "cpa (extension: bias scale/sign)" if variant.startswith("fedsim") else "cpa (paper: min-max)"
+
+
+def _interval(r: dict) -> str:
+    lo, hi = r.get("psnr_ci95") or (None, None)
+    return "–" if lo is None or lo != lo else f"[{lo:.2f}, {hi:.2f}]"
 
 
 def _f(v, fmt: str = "{:.2f}", none: str = "–") -> str:
@@ -39,13 +52,13 @@ def markdown_table(rows: list[dict], meta: dict) -> str:
     for r in rows:
         if r.get("error"):
             lines.append(f"| {r['attack']} | | {r.get('model', '')} | {r['defense']} | {r['batch_size']} | "
-                         f"{r['clients']} | {r['num_images']} | error: {r['error']} |" + " |" * 9)
+                         f"{r['clients']} | {r['num_images']} | error: {r['error']} |" + " |" * 10)
             continue
         eps = "–" if r.get("epsilon") is None else f"{r['epsilon']:.3g} ({r['delta']:g})"
         lines.append(
-            f"| {r['attack']} | {r['threat']} | {r['model']} | {r['defense']} | {r['batch_size']} | "
+            f"| {_attack_name(r)} | {r['threat']} | {r['model']} | {r['defense']} | {r['batch_size']} | "
             f"{r['clients']} | {r['num_images']} × {r['trials']} | {r['labels']} | "
-            f"{r['label_accuracy']:.2f} | {r['psnr_mean']:.2f} ± {r['psnr_std']:.2f} | "
+            f"{r['label_accuracy']:.2f} | {r['psnr_mean']:.2f} ± {r['psnr_std']:.2f} | {_interval(r)} | "
             f"{r['psnr_median']:.1f} / {r['psnr_max']:.1f} | {_f(r['ssim_mean'], '{:.3f}')} | "
             f"{r['frac_above_floor6']:.2f} | {r['floor_psnr']:.2f} | {eps} | "
             f"{_f(r.get('utility_accuracy'), '{:.3f}')} | {r['runtime']:.1f} |")

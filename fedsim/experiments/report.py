@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..core.stats import ci95, mean_std
+
 
 def _pyplot():
     """matplotlib (Agg) on first use: a run's first round should not wait ~0.3-1 s for it."""
@@ -99,25 +101,6 @@ def comparison_table(summaries: dict[str, dict]) -> str:
 def _privacy_cell(s: dict) -> str:
     return (f" {s['epsilon']:.3g} at {s['delta']:g} ({s['accountant']}; {s['mechanism']}; {s['sampling_scheme']}; "
             f"{s['neighbouring']}) |" if "epsilon" in s else " not private |")
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (ddof = 1; 0 for one value)."""
-    n = len(values)
-    mean = sum(values) / n
-    return mean, (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else 0.0
-
-
-def ci95(values: list[float]) -> tuple[float, float]:
-    """Two-sided 95% Student-t interval of the mean (the seeds as i.i.d. draws); (nan, nan) for one value."""
-    from scipy.stats import t
-
-    n = len(values)
-    mean, std = mean_std(values)
-    if n < 2:
-        return float("nan"), float("nan")
-    half = float(t.ppf(0.975, n - 1)) * std / n ** 0.5
-    return mean - half, mean + half
 
 
 SEED_FIELDS = ("final_accuracy", "tail_accuracy", "best_accuracy", "final_loss", "wall_seconds")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from fedsim.attacks import metrics
@@ -59,7 +60,8 @@ def test_analytic_attack_is_destroyed_by_small_noise():
     assert p_clean >= 90 and p_noisy < 20
 
 
-def test_cpa_separates_a_secure_aggregate_of_four_clients():
+@pytest.mark.parametrize("scale_from", ["bias", "min-max"])
+def test_cpa_separates_a_secure_aggregate_of_four_clients(scale_from):
     pool = load_pool("mnist5k", size=300, seed=0)
     prior = PixelPrior.of(pool.images)
     means, floors = [], []
@@ -70,13 +72,21 @@ def test_cpa_separates_a_secure_aggregate_of_four_clients():
         obs = observe(model, params, [(pool.normalizer.to_model(u), y) for u, y in clients], lr=0.1,
                       local_steps=1, local_batch_size=0, view="gradient",
                       defense=DefenseConfig(name="secagg", clients=4), gen=torch.Generator(), seed=0)
-        x, info = cpa(model, obs, input_shape=pool.input_shape, cfg=CPAConfig(steps=100, tv=1.0),
+        x, info = cpa(model, obs, input_shape=pool.input_shape, cfg=CPAConfig(steps=100, tv=1.0, scale_from=scale_from),
                       gen=torch.Generator().manual_seed(0), box=pool.normalizer.box, prior=prior)
-        assert info["scale_from"] == "bias"
+        assert info["scale_from"] == scale_from
         truth = torch.cat([u for u, _ in clients])
         recon = pool.normalizer.to_pixels(x).clamp(0, 1)
+        if scale_from == "min-max":  # ICA's sign is arbitrary: score each source's better sign (uses the truth:
+            # this measures the separation, not what the paper's attack outputs)
+            recon = torch.stack([max((r, 1 - r), key=lambda c: float(metrics.psnr(c[None], t[None])[0]))
+                                 for r, t in zip(recon[metrics.match(recon, truth)], truth)])
         means.append(float(metrics.psnr(recon[metrics.match(recon, truth)], truth).mean()))
         floors.append(float(metrics.constant_psnr(metrics.floor_constant(pool.images), truth).mean()))
+    if scale_from == "min-max":  # the paper's scaling: separated (measured 12.0 / 11.2 / 23.7 / 28.2 dB with the
+        # better sign), but sign and level are not recovered: 7.0 / 11.2 / 6.1 / 7.6 dB as the attack outputs them
+        assert sum(means) / 4 > sum(floors) / 4 + 2
+        return
     # measured per seed: 18.3 / 13.4 / 33.1 / 37.2 dB against floors 9.9 / 10.0 / 11.7 / 10.2
     # (single images reach 72 dB: sources separated exactly, scale and sign from the bias)
     assert all(m > f + 2 for m, f in zip(means, floors))
