@@ -95,6 +95,9 @@ class AttackRunConfig:
     seed: int = 0
     trials: int = 1
     threads: int = 1
+    # the model the victims train on: "init" (at initialisation), or "round-R": the global model after
+    # R rounds of a real FedAvg federation with the cell's defense in place (utility.* sets its clients)
+    state: str = "init"
     data: AttackDataConfig = field(default_factory=AttackDataConfig)
     model: AttackModelConfig = field(default_factory=AttackModelConfig)
     client: ClientSection = field(default_factory=ClientSection)
@@ -106,6 +109,11 @@ class AttackRunConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @property
+    def train_rounds(self) -> int:
+        """R of ``state = "round-R"`` (0 for ``"init"``)."""
+        return 0 if self.state == "init" else int(self.state.split("-", 1)[1])
 
     @property
     def attacks(self) -> list[str]:
@@ -150,6 +158,8 @@ def validate(cfg: AttackRunConfig) -> None:
             raise ConfigError(f"config key '{key}' {msg}")
 
     need(cfg.seed >= 0, "seed", "must be >= 0")
+    need(cfg.state == "init" or (cfg.state.startswith("round-") and cfg.state[6:].isdigit() and int(cfg.state[6:]) >= 1),
+         "state", f"must be 'init' or 'round-R' with R >= 1 rounds of training; got '{cfg.state}'")
     need(cfg.trials >= 1, "trials", "must be >= 1")
     need(cfg.threads >= 1, "threads", "must be >= 1")
     need(cfg.data.name in POOLS, "data.name", f"must be one of {', '.join(POOLS)}; got '{cfg.data.name}'")

@@ -1,5 +1,10 @@
 """Attack x defense x batch-size evaluation: one result row per cell.
 
+With ``state = "round-R"`` the model is not at initialisation: one FedAvg federation per (model,
+defense) trains ``max(R, utility.rounds)`` rounds with the defense in place (``utility.*`` sets
+its clients), the victims train on its global model after round R, and the row's utility is that
+run's final accuracy, so leakage and utility come from the same run.
+
 A cell runs ``trials`` times (rows: PSNR over all images, and the 95% t-interval of the mean over
 the trials' mean PSNRs, ``psnr_ci95``). Each trial draws the victims' images (the same images for every
 attack and defense at that batch size and trial), builds the attack's model at initialisation
@@ -34,7 +39,7 @@ from ..inversion.labels import recover_labels
 from ..inversion.observation import Observation
 from .models import build_attack_model
 from .observations import observe
-from .utility import utility_accuracy
+from .utility import train_federation, utility_accuracy
 
 __all__ = ["Example", "evaluate", "run_attack"]
 
@@ -90,8 +95,11 @@ def _observe(attack: str, model, params, clients, pool: Pool, cfg: AttackRunConf
 
 
 def _cell(cfg: AttackRunConfig, pool: Pool, attack: str, defense: DefenseConfig, b: int,
-          floor_value: np.ndarray, bar) -> tuple[dict, Example]:
+          floor_value: np.ndarray, bar, trained=None) -> tuple[dict, Example]:
+    """``trained(model_name, defense) -> (params [D], utility)``: the global model of ``state =
+    "round-R"`` (None: models at initialisation)."""
     model_name = cfg.model_for(attack)
+    at_round, utility = trained(model_name, defense) if trained is not None else (None, None)
     example = Example(f"{attack} / {defense.display}")
     psnrs, ssims, label_accs, truths, runtime, threat, how = [], [], [], [], 0.0, "", ""
     trial_psnr = []  # each trial's mean PSNR: trials are the independent repetitions of a cell
@@ -100,8 +108,10 @@ def _cell(cfg: AttackRunConfig, pool: Pool, attack: str, defense: DefenseConfig,
         data_gen = torch.Generator().manual_seed(job_seed(cfg.seed, trial, b))
         clients = sample_clients(pool, defense.clients, b, data_gen, unique_labels=cfg.data.unique_labels)
         model = build_attack_model(model_name, pool.input_shape, pool.num_classes,
-                                   seed=job_seed(cfg.seed, trial, 10_000))
-        params = ParamSpec.of(model).flatten(model.state_dict())
+                                   seed=cfg.seed if at_round is not None else job_seed(cfg.seed, trial, 10_000))
+        params = ParamSpec.of(model).flatten(model.state_dict()) if at_round is None else at_round.clone()
+        if at_round is not None:  # the attacker holds the same global model the victims train on
+            model.load_state_dict(ParamSpec.of(model).unflatten(params))
         noise_gen = torch.Generator().manual_seed(job_seed(cfg.seed, trial, 20_000 + b))
         obs = _observe(attack, model, params, clients, pool, cfg, defense, noise_gen, cfg.seed + trial)
         threat, steps = obs.threat, obs.local_steps
@@ -137,7 +147,7 @@ def _cell(cfg: AttackRunConfig, pool: Pool, attack: str, defense: DefenseConfig,
     arr = np.asarray(psnrs)
     eps = dp_epsilon(defense.noise_multiplier, defense.delta) if defense.name in ("dp", "dp-mf") else None
     row = {
-        "dataset": cfg.data.name, "model": model_name, "state": "init", "threat": threat,
+        "dataset": cfg.data.name, "model": model_name, "state": cfg.state, "threat": threat,
         "attack": attack, "defense": defense.display, "defense_name": defense.name,
         "defense_params": defense.params(), "clients": defense.clients, "batch_size": b,
         "num_images": defense.clients * b, "local_steps": steps,
@@ -154,7 +164,7 @@ def _cell(cfg: AttackRunConfig, pool: Pool, attack: str, defense: DefenseConfig,
         "floor_psnr": floor_row,
         "epsilon": eps if eps is not None and math.isfinite(eps) else None,
         "delta": defense.delta if defense.name in ("dp", "dp-mf") else None,
-        "utility_accuracy": None, "runtime": runtime, "error": None,
+        "utility_accuracy": utility, "runtime": runtime, "error": None,
     }
     return row, example
 
@@ -173,6 +183,23 @@ def evaluate(cfg: AttackRunConfig, *, progress: bool = True, on_row=None
             "floor_psnr_dataset": float(metrics.constant_psnr(floor_value, pool.images).mean())}
     cells = [(a, d, b) for a in cfg.attacks for d in cfg.defenses for b in cfg.batch_sizes]
     rows, examples, utility_cache = [], [], {}
+    trained_cache: dict = {}
+
+    def trained(model_name: str, defense: DefenseConfig):
+        """One FedAvg run per (model, defense): its round-R model, and its utility at the end."""
+        key = (model_name, defense.display)
+        if key not in trained_cache:
+            if cfg.data.name == "photos":
+                raise ValueError("state 'round-R' trains a federation: the photos pool has no training split")
+            u = cfg.utility
+            trained_cache[key] = train_federation(
+                cfg.data.name, cfg.data.dir or None, model_name, defense, rounds=max(u.rounds, cfg.train_rounds),
+                clients=u.clients, samples_per_client=u.samples_per_client, local_steps=u.local_steps,
+                batch_size=u.batch_size, lr=u.lr, eval_samples=u.eval_samples, seed=cfg.seed,
+                keep_round=cfg.train_rounds)[::-1]
+            utility_cache[key] = trained_cache[key][1]  # utility and leakage come from the same run
+        return trained_cache[key]
+
     # a bar on a terminal; in a log file (CI, nohup) plain lines instead of carriage returns
     on_terminal = sys.stderr.isatty()
     bar = tqdm(total=len(cells) * cfg.trials, desc="attacks", disable=not (progress and on_terminal),
@@ -180,7 +207,8 @@ def evaluate(cfg: AttackRunConfig, *, progress: bool = True, on_row=None
     try:
         for attack, defense, b in cells:
             try:
-                row, example = _cell(cfg, pool, attack, defense, b, floor_value, bar)
+                row, example = _cell(cfg, pool, attack, defense, b, floor_value, bar,
+                                     trained if cfg.train_rounds else None)
             except (ValueError, RuntimeError, NotImplementedError) as exc:
                 row = {"dataset": cfg.data.name, "model": cfg.model_for(attack), "attack": attack,
                        "defense": defense.display, "defense_name": defense.name,
@@ -190,7 +218,7 @@ def evaluate(cfg: AttackRunConfig, *, progress: bool = True, on_row=None
                 example = Example(f"{attack} / {defense.display}")
                 bar.update(cfg.trials)
             row["floor_psnr_dataset"] = meta["floor_psnr_dataset"]
-            if cfg.utility.rounds and row.get("error") is None:
+            if cfg.utility.rounds and row.get("error") is None and not cfg.train_rounds:
                 key = (row["model"], defense.display)
                 if key not in utility_cache:
                     u = cfg.utility

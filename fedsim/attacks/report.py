@@ -24,6 +24,11 @@ _COLUMNS = ("attack | threat | model | defense | B | N | images | labels | label
             "| 95% interval (trials) | median / max | SSIM | ≥ floor+6 dB | floor | ε (δ) | utility acc | time (s)")
 
 
+def _states(rows: list[dict]) -> str:
+    states = sorted({r.get("state", "init") for r in rows if not r.get("error")}) or ["init"]
+    return ", ".join("at initialisation" if s == "init" else f"after {s[6:]} FedAvg rounds" for s in states)
+
+
 def _attack_name(r: dict) -> str:
     """CPA's variant is named: fedsim's bias-gradient scaling is an extension of the paper's attack."""
     variant = r.get("variant")
@@ -46,7 +51,7 @@ def markdown_table(rows: list[dict], meta: dict) -> str:
     lines = [f"Dataset `{meta.get('dataset')}`: no-information floor (best constant image) "
              f"{meta.get('floor_psnr_dataset', float('nan')):.2f} dB over the {meta.get('pool')}-image "
              "pool; each row's `floor` is the same constant scored on that row's images. "
-             "An attack within 1-2 dB of its floor failed. Models at initialisation; PSNR/SSIM in "
+             f"An attack within 1-2 dB of its floor failed. Model state: {_states(rows)}; PSNR/SSIM in "
              "[0, 1] pixel space after Hungarian matching; LPIPS n/a (offline).", "",
              "| " + _COLUMNS + " |", "|" + "---|" * len(_COLUMNS.split("|"))]
     for r in rows:

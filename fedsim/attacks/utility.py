@@ -28,7 +28,7 @@ from ..strategies import FedAvgStrategy
 from .defenses import DefenseConfig, apply_defense
 from .models import build_attack_model
 
-__all__ = ["DefendedClients", "utility_accuracy"]
+__all__ = ["DefendedClients", "train_federation", "utility_accuracy"]
 
 
 class DefendedClients:
@@ -54,12 +54,12 @@ class DefendedClients:
         return replies
 
 
-def utility_accuracy(dataset: str, data_dir: str | None, model_name: str, defense: DefenseConfig, *,
-                     rounds: int, clients: int, samples_per_client: int, local_steps: int,
-                     batch_size: int, lr: float, eval_samples: int, seed: int) -> float | None:
-    """Test accuracy after ``rounds`` rounds, or ``None`` for a dataset without a test split."""
-    if dataset == "photos" or rounds == 0:
-        return None
+def train_federation(dataset: str, data_dir: str | None, model_name: str, defense: DefenseConfig, *,
+                     rounds: int, clients: int, samples_per_client: int, local_steps: int, batch_size: int,
+                     lr: float, eval_samples: int, seed: int, keep_round: int = 0
+                     ) -> tuple[float | None, torch.Tensor | None]:
+    """Train ``rounds`` rounds of FedAvg with the defense; ``(test accuracy or None for a dataset
+    without a test split, the global model [D] after round ``keep_round`` or None)``."""
     ds = load_dataset(dataset, data_dir)
     model = build_attack_model(model_name, ds.input_shape, ds.num_classes, seed=seed)
     spec = ParamSpec.of(model)
@@ -73,13 +73,30 @@ def utility_accuracy(dataset: str, data_dir: str | None, model_name: str, defens
     participation = build_participation("full", clients, seed=seed, local_steps=steps)
     strategy = FedAvgStrategy(participation, local_lr=lr, batch_size=batch_size, seed=seed, weighting="uniform")
     grid = InProcessGrid(handler, clients, seed=seed)
+    kept = {}
+
+    def keep(res, arrays):
+        if res.round == keep_round:
+            kept["params"] = strategy.params.clone()
+
     try:
-        run_rounds(strategy, grid, ArrayRecord(torch_state_dict=model.state_dict()), first_round=1, last_round=rounds)
+        run_rounds(strategy, grid, ArrayRecord(torch_state_dict=model.state_dict()), first_round=1, last_round=rounds,
+                   on_round=keep)
     finally:
         grid.close()
+    if ds.test is None or not len(ds.test):
+        return None, kept.get("params")
     model.load_state_dict(spec.unflatten(strategy.params))
     model.eval()
     n = min(eval_samples, len(ds.test))
     with torch.no_grad():
         pred = model(ds.test.x[:n]).argmax(-1)
-    return float((pred == ds.test.y[:n]).float().mean())
+    return float((pred == ds.test.y[:n]).float().mean()), kept.get("params")
+
+
+def utility_accuracy(dataset: str, data_dir: str | None, model_name: str, defense: DefenseConfig, *,
+                     rounds: int, **kw) -> float | None:
+    """Test accuracy after ``rounds`` rounds, or ``None`` for a dataset without a test split."""
+    if dataset == "photos" or rounds == 0:
+        return None
+    return train_federation(dataset, data_dir, model_name, defense, rounds=rounds, **kw)[0]

@@ -81,3 +81,25 @@ def test_attack_evaluation_is_seeded_and_reproducible():
     second, _, _ = evaluate(cfg, progress=False)
     strip = [{k: v for k, v in r.items() if k != "runtime"} for r in first]
     assert strip == [{k: v for k, v in r.items() if k != "runtime"} for r in second]
+
+
+@pytest.mark.slow  # ~9 s: two small federations on Fashion-MNIST
+def test_trained_state_attacks_the_round_r_model_and_reports_that_runs_utility():
+    from fedsim.attacks.config import ConfigError
+    from fedsim.attacks.defenses import DefenseConfig
+    from fedsim.attacks.utility import train_federation
+
+    over = ['grid.attacks=["idlg"]', "grid.batch_sizes=[1]", 'grid.defenses=[{name="none"}]', "trials=2",
+            "attack.dlg.evals=20", "utility.rounds=2", "utility.clients=2", "utility.samples_per_client=32"]
+    cfg = load_attack_config("dlg-fmnist", over + ["state=round-2"])
+    (row,), _, _ = evaluate(cfg, progress=False)
+    assert row["state"] == "round-2" and row["utility_accuracy"] is not None and row["error"] is None
+    assert len(row["psnr_trial_means"]) == 2 and row["psnr_ci95"][0] <= row["psnr_mean"] <= row["psnr_ci95"][1]
+    init_row, = evaluate(load_attack_config("dlg-fmnist", over), progress=False)[0]
+    assert init_row["state"] == "init" and init_row["psnr_mean"] != row["psnr_mean"]
+    acc, params = train_federation("fashion-mnist", None, "lenet-sigmoid", DefenseConfig(), rounds=2, clients=2,
+                                   samples_per_client=32, local_steps=1, batch_size=8, lr=0.1, eval_samples=64,
+                                   seed=0, keep_round=1)
+    assert acc is not None and params is not None and params.ndim == 1
+    with pytest.raises(ConfigError, match="'round-R'"):
+        load_attack_config("dlg-fmnist", ["state=trained"])
