@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from ..config import ConfigError, apply_override, build_dataclass, preset_names, read_raw
 from .defenses import DEFENSES, DefenseConfig
 from .dlg import DLGConfig
-from .inverting import IGConfig, SMEConfig
+from .inverting import IGConfig, SMEConfig, UnrolledConfig
 from .cpa import SCALINGS, CPAConfig
 
 __all__ = ["ATTACKS", "AttackRunConfig", "ConfigError", "attack_preset_names", "load_attack_config"]
 
-ATTACKS = ("dlg", "idlg", "ig", "sme", "cpa", "analytic")
+ATTACKS = ("dlg", "idlg", "ig", "sme", "unrolled", "cpa", "analytic")
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,7 @@ class AttackSection:
     idlg: DLGConfig = field(default_factory=DLGConfig)
     ig: IGConfig = field(default_factory=IGConfig)
     sme: SMEConfig = field(default_factory=SMEConfig)
+    unrolled: UnrolledConfig = field(default_factory=UnrolledConfig)
     cpa: CPAConfig = field(default_factory=CPAConfig)
     analytic: AnalyticConfig = field(default_factory=AnalyticConfig)
 
@@ -181,9 +182,11 @@ def validate(cfg: AttackRunConfig) -> None:
     need(cfg.attack.cpa.scale_from in SCALINGS, "attack.cpa.scale_from",
          f"must be one of {', '.join(SCALINGS)}; got '{cfg.attack.cpa.scale_from}'")
     need(0 <= cfg.attack.sme.alpha_init <= 1, "attack.sme.alpha_init", "must be in [0, 1]")
-    need(cfg.attack.sme.local_steps >= 1, "attack.sme.local_steps", "must be >= 1")
-    need(cfg.attack.sme.client_lr > 0, "attack.sme.client_lr", "must be > 0")
-    need(cfg.attack.sme.local_batch_size >= 0, "attack.sme.local_batch_size", "must be >= 0")
+    for a in ("sme", "unrolled"):
+        fam = cfg.attack.family(a)
+        need(fam.local_steps >= 1, f"attack.{a}.local_steps", "must be >= 1")
+        need(fam.client_lr > 0, f"attack.{a}.client_lr", "must be > 0")
+        need(fam.local_batch_size >= 0, f"attack.{a}.local_batch_size", "must be >= 0")
     key = "grid.batch_sizes" if cfg.grid.batch_sizes else "attack.batch_size"
     for b in cfg.batch_sizes:
         need(isinstance(b, int) and not isinstance(b, bool) and b >= 1, key, f"must be integers >= 1; got {b!r}")

@@ -34,7 +34,7 @@ from .cpa import SCALINGS, PixelPrior, cpa
 from .data import Pool, load_pool, sample_clients
 from .defenses import DefenseConfig, dp_epsilon
 from .dlg import dlg
-from .inverting import ig, sme
+from .inverting import ig, sme, unrolled
 from ..inversion.labels import recover_labels
 from ..inversion.observation import Observation
 from .models import build_attack_model
@@ -71,6 +71,9 @@ def run_attack(attack: str, model, obs: Observation, pool: Pool, cfg: AttackRunC
         x, info = ig(model, obs, input_shape=shape, labels=labels, cfg=fam, gen=gen, box=box)
     elif attack == "sme":
         x, info = sme(model, obs, input_shape=shape, labels=labels, cfg=fam, gen=gen, box=box)
+    elif attack == "unrolled":
+        x, info = unrolled(model, obs, input_shape=shape, labels=labels, steps=fam.steps, lr=fam.lr, tv=fam.tv,
+                           gen=gen, box=box, signed=fam.signed)
     elif attack == "cpa":
         x, info = cpa(model, obs, input_shape=shape, cfg=fam, gen=gen, box=box,
                       prior=PixelPrior.of(pool.images))
@@ -84,8 +87,8 @@ def run_attack(attack: str, model, obs: Observation, pool: Pool, cfg: AttackRunC
 def _observe(attack: str, model, params, clients, pool: Pool, cfg: AttackRunConfig,
              defense: DefenseConfig, gen: torch.Generator, seed: int) -> Observation:
     in_model = [(pool.normalizer.to_model(u), y) for u, y in clients]
-    if attack == "sme":
-        fam = cfg.attack.sme
+    if attack in ("sme", "unrolled"):  # the multi-step attacks see the weight update of local training
+        fam = cfg.attack.family(attack)
         steps, local_b, lr, view = fam.local_steps, fam.local_batch_size, fam.client_lr, "update"
     else:
         c = cfg.client
@@ -151,7 +154,7 @@ def _cell(cfg: AttackRunConfig, pool: Pool, attack: str, defense: DefenseConfig,
         "attack": attack, "defense": defense.display, "defense_name": defense.name,
         "defense_params": defense.params(), "clients": defense.clients, "batch_size": b,
         "num_images": defense.clients * b, "local_steps": steps,
-        "client_lr": cfg.attack.sme.client_lr if attack == "sme" else cfg.client.lr,
+        "client_lr": cfg.attack.family(attack).client_lr if attack in ("sme", "unrolled") else cfg.client.lr,
         "labels": how, "trials": cfg.trials, "seed": cfg.seed,
         "variant": SCALINGS[cfg.attack.cpa.scale_from] if attack == "cpa" else None,
         "scale_from": info.get("scale_from") if attack == "cpa" else None,

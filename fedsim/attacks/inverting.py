@@ -32,7 +32,7 @@ from ..inversion.objectives import cosine_distance, total_variation
 from ..inversion.observation import Observation
 from ..inversion.optimise import ig_schedule, optimise, random_images
 
-__all__ = ["IGConfig", "SMEConfig", "ig", "ig_schedule", "invert_update", "random_images", "sme", "unrolled"]
+__all__ = ["IGConfig", "SMEConfig", "UnrolledConfig", "ig", "ig_schedule", "invert_update", "random_images", "sme", "unrolled"]
 
 
 @dataclass(frozen=True)
@@ -46,13 +46,18 @@ class IGConfig:
 
 
 @dataclass(frozen=True)
-class SMEConfig(IGConfig):
-    alpha_init: float = 0.5
-    alpha_lr: float = 1e-3
-    learn_alpha: bool = True   # false with alpha_init = 0: the IG-on-update baseline
+class UnrolledConfig(IGConfig):
+    """The multi-step attacks' settings: the optimiser (IG's) and the victim's local training (T2)."""
     local_steps: int = 10      # the victim's local SGD steps (T2)
     local_batch_size: int = 0  # the victim's minibatch size (0 = full batch)
     client_lr: float = 0.01    # the victim's SGD learning rate (SME's own setting: 0.004)
+
+
+@dataclass(frozen=True)
+class SMEConfig(UnrolledConfig):
+    alpha_init: float = 0.5
+    alpha_lr: float = 1e-3
+    learn_alpha: bool = True   # false with alpha_init = 0: the IG-on-update baseline
 
 
 def ig(model: nn.Module, obs: Observation, *, input_shape: tuple, labels: torch.Tensor,

@@ -74,9 +74,9 @@ def test_bad_key_exits_2_naming_the_key(tmp_path, capsys):
 
 
 def test_attack_evaluation_is_seeded_and_reproducible():
-    cfg = load_attack_config("grid-smoke", ['grid.attacks=["idlg", "ig", "cpa"]', "grid.batch_sizes=[2]",
+    cfg = load_attack_config("grid-smoke", ['grid.attacks=["idlg", "ig", "unrolled", "cpa"]', "grid.batch_sizes=[2]",
                                             'grid.defenses=[{name="dp", noise_multiplier=0.01}]',
-                                            "utility.rounds=0"])
+                                            "utility.rounds=0", "attack.unrolled.steps=5"])
     first, _, _ = evaluate(cfg, progress=False)
     second, _, _ = evaluate(cfg, progress=False)
     strip = [{k: v for k, v in r.items() if k != "runtime"} for r in first]
