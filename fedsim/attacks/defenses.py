@@ -6,6 +6,11 @@ Each stage is a pure function of the flat update ``[D]`` (plus explicit state an
   applied on the client): clip the update to L2 norm ``clip`` = C, add N(0, (z C)^2) per coordinate
   with ``noise_multiplier`` = z. One release is (epsilon, delta)-DP for adding or removing the whole
   client (sensitivity C) -- client-level, not example-level, DP. ``clip`` alone is ``clip``.
+* ``dp-sgd`` -- example-level DP: the client trains with DP-SGD (Abadi et al., CCS 2016, arXiv
+  1607.00133, Alg. 1; Opacus, ``fedsim.local.example_dp``): every local step clips each example's
+  gradient to ``clip`` and adds N(0, (z clip)^2) to their sum, Poisson minibatches of the victim's
+  batch size (q = 1 for full batch). epsilon is example-level over its local steps (Opacus' RDP
+  accountant), for one release. No stage after training: the update is already private.
 * ``top-k`` -- keep the ``density`` fraction of largest-magnitude coordinates (the project's
   compressor, :func:`fedsim.core.compression.make_compressor`).
 * ``ef21`` -- the EF21 message ``C(target - g_i)`` (Richtarik et al., arXiv 2106.05203, Alg. 1)
@@ -42,7 +47,7 @@ from ..core.params import ParamSpec
 __all__ = ["DEFENSES", "DefenseConfig", "apply_defense", "central_noise", "clip_update", "dp_epsilon",
            "gaussian_noise", "prune_layers", "top_k"]
 
-DEFENSES = ("none", "dp", "clip", "top-k", "ef21", "prune", "secagg", "local-steps", "dp-mf")
+DEFENSES = ("none", "dp", "dp-sgd", "clip", "top-k", "ef21", "prune", "secagg", "local-steps", "dp-mf")
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,7 @@ class DefenseConfig:
         if self.label:
             return self.label
         return {"none": "none", "dp": f"dp(C={self.clip:g},z={self.noise_multiplier:g})",
+                "dp-sgd": f"dp-sgd(C={self.clip:g},z={self.noise_multiplier:g})",
                 "clip": f"clip(C={self.clip:g})", "top-k": f"top-k({self.density:g})",
                 "ef21": f"ef21({self.density:g})", "prune": f"prune({self.prune_ratio:g})",
                 "secagg": f"secagg({self.clients})", "local-steps": f"local-steps({self.local_steps})",
@@ -74,7 +80,8 @@ class DefenseConfig:
 
     def params(self) -> dict:
         """The parameters that matter for this defense (for result rows)."""
-        keys = {"dp": ("clip", "noise_multiplier"), "clip": ("clip",), "top-k": ("density",),
+        keys = {"dp": ("clip", "noise_multiplier"), "dp-sgd": ("clip", "noise_multiplier"), "clip": ("clip",),
+                "top-k": ("density",),
                 "dp-mf": ("clip", "noise_multiplier", "mechanism", "rounds", "round"),
                 "ef21": ("density",), "prune": ("prune_ratio",), "local-steps": ("local_steps",)}
         out = {k: getattr(self, k) for k in keys.get(self.name, ())}
@@ -141,7 +148,7 @@ def apply_defense(u: torch.Tensor, defense: DefenseConfig, spec: ParamSpec, gen:
                   ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """One client's message: ``(sent [D], support mask [D] bool or None, new EF21 state)``."""
     name = defense.name
-    if name in ("none", "secagg", "local-steps"):
+    if name in ("none", "secagg", "local-steps", "dp-sgd"):  # dp-sgd is private training, not a message stage
         return u.clone(), None, ef_state
     if name == "clip":
         return clip_update(u, defense.clip), None, ef_state

@@ -148,7 +148,7 @@ def _cell(cfg: AttackRunConfig, pool: Pool, attack: str, defense: DefenseConfig,
     all_truth = torch.cat(truths)
     floor_row = float(metrics.constant_psnr(floor_value, all_truth).mean())
     arr = np.asarray(psnrs)
-    eps = dp_epsilon(defense.noise_multiplier, defense.delta) if defense.name in ("dp", "dp-mf") else None
+    eps = _epsilon(defense, cfg, b, steps)
     row = {
         "dataset": cfg.data.name, "model": model_name, "state": cfg.state, "threat": threat,
         "attack": attack, "defense": defense.display, "defense_name": defense.name,
@@ -166,10 +166,22 @@ def _cell(cfg: AttackRunConfig, pool: Pool, attack: str, defense: DefenseConfig,
         "frac_above_floor6": float((arr >= floor_row + 6).mean()),
         "floor_psnr": floor_row,
         "epsilon": eps if eps is not None and math.isfinite(eps) else None,
-        "delta": defense.delta if defense.name in ("dp", "dp-mf") else None,
+        "delta": defense.delta if defense.name in ("dp", "dp-sgd", "dp-mf") else None,
         "utility_accuracy": utility, "runtime": runtime, "error": None,
     }
     return row, example
+
+
+def _epsilon(defense: DefenseConfig, cfg: AttackRunConfig, b: int, steps: int) -> float | None:
+    """Client-level epsilon of one release (dp, dp-mf), or dp-sgd's example-level epsilon over its steps."""
+    if defense.name in ("dp", "dp-mf"):
+        return dp_epsilon(defense.noise_multiplier, defense.delta)
+    if defense.name == "dp-sgd":
+        from ..local.example_dp import example_epsilon
+
+        q = min(1.0, (cfg.client.local_batch_size or b) / b)
+        return example_epsilon(defense.noise_multiplier, q, steps, defense.delta)
+    return None
 
 
 def evaluate(cfg: AttackRunConfig, *, progress: bool = True, on_row=None

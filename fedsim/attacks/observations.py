@@ -30,7 +30,7 @@ from .defenses import DefenseConfig, apply_defense, central_noise
 from ..inversion.functional import flat_grad
 from ..inversion.observation import Observation
 
-__all__ = ["Observation", "fedavg_update", "fedsgd_gradient", "observe", "secure_sum"]
+__all__ = ["Observation", "dp_sgd_update", "fedavg_update", "fedsgd_gradient", "observe", "secure_sum"]
 
 
 def fedsgd_gradient(model: nn.Module, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor
@@ -52,6 +52,19 @@ def fedavg_update(model: nn.Module, params: torch.Tensor, x: torch.Tensor, y: to
     job = Job(client=0, indices=torch.arange(n), local_steps=local_steps, lr=lr,
               batch_size=batch_size or n, seed=seed)
     deltas, _ = train_cohort(model, ParamSpec.of(model), params, [job], Split(x, y))
+    return deltas[0]
+
+
+def dp_sgd_update(model: nn.Module, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor, *, local_steps: int,
+                  lr: float, batch_size: int, clip: float, noise_multiplier: float, seed: int) -> torch.Tensor:
+    """The weight update ``[D]`` of ``local_steps`` DP-SGD steps on ``(x, y)`` (Poisson minibatches of
+    expected size ``batch_size``, 0 = full batch): the project's example-level DP trainer."""
+    from ..local.example_dp import ExampleDP, private_copy, train_cohort_dp
+
+    n = len(y)
+    job = Job(client=0, indices=torch.arange(n), local_steps=local_steps, lr=lr, batch_size=batch_size or n, seed=seed)
+    deltas, _ = train_cohort_dp(private_copy(model), ParamSpec.of(model), params, [job], Split(x, y),
+                                ExampleDP(noise_multiplier, clip))
     return deltas[0]
 
 
@@ -79,7 +92,11 @@ def observe(model: nn.Module, params: torch.Tensor, clients: list[tuple[torch.Te
     (b,) = batch_sizes
     sent, masks = [], []
     for k, (x, y) in enumerate(clients):
-        if steps == 1 and local_batch_size in (0, b):
+        if defense.name == "dp-sgd":
+            update = dp_sgd_update(model, params, x, y, local_steps=steps, lr=lr, batch_size=local_batch_size,
+                                   clip=defense.clip, noise_multiplier=defense.noise_multiplier,
+                                   seed=job_seed(seed, 0, k))
+        elif steps == 1 and local_batch_size in (0, b):
             update = -lr * fedsgd_gradient(model, params, x, y)
         else:
             update = fedavg_update(model, params, x, y, local_steps=steps, lr=lr,

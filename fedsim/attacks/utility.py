@@ -71,7 +71,11 @@ def train_federation(dataset: str, data_dir: str | None, model_name: str, defens
     handler = DefendedClients(ClientHandler(copy.deepcopy(model), ds.train, shards, trainer="sequential"),
                               defense, spec, seed)
     participation = build_participation("full", clients, seed=seed, local_steps=steps)
-    strategy = FedAvgStrategy(participation, local_lr=lr, batch_size=batch_size, seed=seed, weighting="uniform")
+    # dp-sgd is private training, not a message stage: the clients train with DP-SGD (the handler's Opacus path)
+    private = {"example_dp": {"noise_multiplier": defense.noise_multiplier, "clip_norm": defense.clip,
+                              "delta": defense.delta}} if defense.name == "dp-sgd" else {}
+    strategy = FedAvgStrategy(participation, local_lr=lr, batch_size=batch_size, seed=seed, weighting="uniform",
+                              **private)
     grid = InProcessGrid(handler, clients, seed=seed)
     kept = {}
 

@@ -141,3 +141,21 @@ def test_dp_mf_third_party_sees_clipped_sum_plus_stream_noise():
     noise = [stream.next() for _ in range(3)][-1]
     clipped = clip_update(-0.1 * fedsgd_gradient(model, params, x, y), 0.05)
     assert torch.allclose(obs.value, clipped + noise, atol=1e-6)
+
+
+def test_dp_sgd_defense_is_private_training_that_reduces_to_sgd_without_noise_or_clipping():
+    from fedsim.attacks.observations import dp_sgd_update, fedavg_update
+    from fedsim.models import build_model
+
+    model = build_model("logreg", (6,), 3, seed=0)
+    spec = ParamSpec.of(model)
+    params = spec.flatten(model.state_dict())
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(4, 6, generator=g), torch.randint(3, (4,), generator=g)
+    plain = fedavg_update(model, params, x, y, local_steps=2, lr=0.1, batch_size=0, seed=1)
+    private = dp_sgd_update(model, params, x, y, local_steps=2, lr=0.1, batch_size=0, clip=1e6, noise_multiplier=0.0,
+                            seed=1)
+    assert torch.allclose(private, plain, atol=1e-6)  # q = 1, no clipping, no noise: plain full-batch SGD
+    noisy = [dp_sgd_update(model, params, x, y, local_steps=2, lr=0.1, batch_size=0, clip=0.5, noise_multiplier=1.0,
+                           seed=1) for _ in range(2)]
+    assert torch.equal(noisy[0], noisy[1]) and not torch.allclose(noisy[0], plain, atol=1e-3)  # seeded noise
