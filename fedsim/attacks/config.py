@@ -18,10 +18,11 @@ from .defenses import DEFENSES, DefenseConfig
 from .dlg import DLGConfig
 from .inverting import IGConfig, SMEConfig, UnrolledConfig
 from .cpa import SCALINGS, CPAConfig
+from .imprint import ImprintConfig
 
 __all__ = ["ATTACKS", "AttackRunConfig", "ConfigError", "attack_preset_names", "load_attack_config"]
 
-ATTACKS = ("dlg", "idlg", "ig", "sme", "unrolled", "cpa", "analytic")
+ATTACKS = ("dlg", "idlg", "ig", "sme", "unrolled", "cpa", "analytic", "imprint")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class AttackSection:
     sme: SMEConfig = field(default_factory=SMEConfig)
     unrolled: UnrolledConfig = field(default_factory=UnrolledConfig)
     cpa: CPAConfig = field(default_factory=CPAConfig)
+    imprint: ImprintConfig = field(default_factory=ImprintConfig)
     analytic: AnalyticConfig = field(default_factory=AnalyticConfig)
 
     def family(self, name: str):
@@ -86,6 +88,7 @@ class UtilitySection:
 @dataclass(frozen=True)
 class ReportSection:
     grid_batch_size: int = 0   # batch size shown in grid.png (0 = the first listed)
+    recovered_db: float = 20.0  # frac_recovered: the share of images reconstructed at or above this PSNR
     max_images: int = 8
 
 
@@ -133,6 +136,8 @@ class AttackRunConfig:
                 for i, entry in enumerate(self.grid.defenses)]
 
     def model_for(self, attack: str) -> str:
+        if attack == "imprint":  # the malicious server's own model, whatever model.name says
+            return "imprint"
         return self.model.name or self.attack.family(attack).model
 
 
@@ -175,13 +180,16 @@ def validate(cfg: AttackRunConfig) -> None:
         need(isinstance(a, str) and a in ATTACKS, key, f"must name attacks from {', '.join(ATTACKS)}; got {a!r}")
     for a in ATTACKS:
         fam = cfg.attack.family(a)
-        need(fam.model in ATTACK_MODELS, f"attack.{a}.model", f"must be one of {', '.join(ATTACK_MODELS)}")
+        need(fam.model in ATTACK_MODELS or a == "imprint", f"attack.{a}.model", f"must be one of {', '.join(ATTACK_MODELS)}")
         for name in ("evals", "steps"):
             if hasattr(fam, name):
                 need(getattr(fam, name) >= 0, f"attack.{a}.{name}", "must be >= 0")
     need(cfg.attack.cpa.scale_from in SCALINGS, "attack.cpa.scale_from",
          f"must be one of {', '.join(SCALINGS)}; got '{cfg.attack.cpa.scale_from}'")
     need(0 <= cfg.attack.sme.alpha_init <= 1, "attack.sme.alpha_init", "must be in [0, 1]")
+    need(cfg.attack.imprint.bins >= 2, "attack.imprint.bins", "must be >= 2")
+    need("imprint" not in cfg.attacks or cfg.client.local_steps == 1, "client.local_steps",
+         "must be 1 for the imprint attack (it reads FedSGD's gradient)")
     for a in ("sme", "unrolled"):
         fam = cfg.attack.family(a)
         need(fam.local_steps >= 1, f"attack.{a}.local_steps", "must be >= 1")

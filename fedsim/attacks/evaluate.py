@@ -31,6 +31,7 @@ from . import metrics
 from .analytic import analytic_fc
 from .config import AttackRunConfig
 from .cpa import SCALINGS, PixelPrior, cpa
+from .imprint import imprint, imprint_model
 from .data import Pool, load_pool, sample_clients
 from .defenses import DefenseConfig, dp_epsilon
 from .dlg import dlg
@@ -79,6 +80,8 @@ def run_attack(attack: str, model, obs: Observation, pool: Pool, cfg: AttackRunC
                       prior=PixelPrior.of(pool.images))
     elif attack == "analytic":
         x, info = analytic_fc(model, obs, input_shape=shape), {}
+    elif attack == "imprint":
+        x, info = imprint(model, obs, input_shape=shape)
     else:
         raise ValueError(f"unknown attack {attack!r}")
     return x, labels, how, info
@@ -110,8 +113,14 @@ def _cell(cfg: AttackRunConfig, pool: Pool, attack: str, defense: DefenseConfig,
     for trial in range(cfg.trials):
         data_gen = torch.Generator().manual_seed(job_seed(cfg.seed, trial, b))
         clients = sample_clients(pool, defense.clients, b, data_gen, unique_labels=cfg.data.unique_labels)
-        model = build_attack_model(model_name, pool.input_shape, pool.num_classes,
-                                   seed=cfg.seed if at_round is not None else job_seed(cfg.seed, trial, 10_000))
+        if attack == "imprint":  # the malicious server's model: bins from the prior (public data of the kind)
+            if at_round is not None:
+                raise ValueError("the imprint attack sends its own malicious model: use state = 'init'")
+            model = imprint_model(pool.input_shape, pool.num_classes, cfg.attack.imprint.bins,
+                                  pool.normalizer.to_model(pool.images), seed=job_seed(cfg.seed, trial, 10_000))
+        else:
+            model = build_attack_model(model_name, pool.input_shape, pool.num_classes,
+                                       seed=cfg.seed if at_round is not None else job_seed(cfg.seed, trial, 10_000))
         params = ParamSpec.of(model).flatten(model.state_dict()) if at_round is None else at_round.clone()
         if at_round is not None:  # the attacker holds the same global model the victims train on
             model.load_state_dict(ParamSpec.of(model).unflatten(params))
@@ -164,6 +173,8 @@ def _cell(cfg: AttackRunConfig, pool: Pool, attack: str, defense: DefenseConfig,
         "psnr_trial_means": trial_psnr, "psnr_ci95": list(ci95(trial_psnr)) if len(trial_psnr) > 1 else None,
         "ssim_mean": float(np.mean(ssims)) if ssims else None, "lpips_mean": None,
         "frac_above_floor6": float((arr >= floor_row + 6).mean()),
+        # images reconstructed at or above that PSNR, over all victims' images (an unmatched one failed)
+        "frac_recovered": float((arr >= cfg.report.recovered_db).sum() / len(all_truth)),
         "floor_psnr": floor_row,
         "epsilon": eps if eps is not None and math.isfinite(eps) else None,
         "delta": defense.delta if defense.name in ("dp", "dp-sgd", "dp-mf") else None,
