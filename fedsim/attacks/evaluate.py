@@ -40,7 +40,7 @@ from ..inversion.labels import recover_labels
 from ..inversion.observation import Observation
 from .models import build_attack_model
 from .observations import observe
-from .utility import train_federation, utility_accuracy
+from .utility import train_federation
 
 __all__ = ["Example", "evaluate", "run_attack"]
 
@@ -87,25 +87,37 @@ def run_attack(attack: str, model, obs: Observation, pool: Pool, cfg: AttackRunC
     return x, labels, how, info
 
 
+def _victim_training(cfg: AttackRunConfig, attack: str) -> tuple[int, int, float, str]:
+    """``(local steps, local batch size, lr, view)`` of the victims an attack observes: the multi-step
+    attacks (SME, unrolled) see the weight update of their own family's local training, the others
+    the gradient of ``[client]``'s."""
+    if attack in ("sme", "unrolled"):
+        fam = cfg.attack.family(attack)
+        return fam.local_steps, fam.local_batch_size, fam.client_lr, "update"
+    c = cfg.client
+    return c.local_steps, c.local_batch_size, c.lr, "gradient"
+
+
 def _observe(attack: str, model, params, clients, pool: Pool, cfg: AttackRunConfig,
              defense: DefenseConfig, gen: torch.Generator, seed: int) -> Observation:
     in_model = [(pool.normalizer.to_model(u), y) for u, y in clients]
-    if attack in ("sme", "unrolled"):  # the multi-step attacks see the weight update of local training
-        fam = cfg.attack.family(attack)
-        steps, local_b, lr, view = fam.local_steps, fam.local_batch_size, fam.client_lr, "update"
-    else:
-        c = cfg.client
-        steps, local_b, lr, view = c.local_steps, c.local_batch_size, c.lr, "gradient"
+    steps, local_b, lr, view = _victim_training(cfg, attack)
     return observe(model, params, in_model, lr=lr, local_steps=steps,
                    local_batch_size=local_b, view=view, defense=defense, gen=gen, seed=seed)
 
 
 def _cell(cfg: AttackRunConfig, pool: Pool, attack: str, defense: DefenseConfig, b: int,
-          floor_value: np.ndarray, bar, trained=None) -> tuple[dict, Example]:
-    """``trained(model_name, defense) -> (params [D], utility)``: the global model of ``state =
-    "round-R"`` (None: models at initialisation)."""
+          floor_value: np.ndarray, bar, federation) -> tuple[dict, Example]:
+    """``federation(model_name, defense) -> (utility, params after round R or None)``: the run that
+    gives ``state = "round-R"`` its model and the row its utility."""
     model_name = cfg.model_for(attack)
-    at_round, utility = trained(model_name, defense) if trained is not None else (None, None)
+    at_round, utility = None, None
+    if cfg.train_rounds:
+        if attack == "imprint":
+            raise ValueError("the imprint attack sends its own malicious model: use state = 'init'")
+        if cfg.data.name == "photos":
+            raise ValueError("state 'round-R' trains a federation: the photos pool has no training split")
+        utility, at_round = federation(model_name, defense)
     example = Example(f"{attack} / {defense.display}")
     psnrs, ssims, label_accs, truths, runtime, threat, how = [], [], [], [], 0.0, "", ""
     trial_psnr = []  # each trial's mean PSNR: trials are the independent repetitions of a cell
@@ -114,16 +126,14 @@ def _cell(cfg: AttackRunConfig, pool: Pool, attack: str, defense: DefenseConfig,
         data_gen = torch.Generator().manual_seed(job_seed(cfg.seed, trial, b))
         clients = sample_clients(pool, defense.clients, b, data_gen, unique_labels=cfg.data.unique_labels)
         if attack == "imprint":  # the malicious server's model: bins from the prior (public data of the kind)
-            if at_round is not None:
-                raise ValueError("the imprint attack sends its own malicious model: use state = 'init'")
             model = imprint_model(pool.input_shape, pool.num_classes, cfg.attack.imprint.bins,
                                   pool.normalizer.to_model(pool.images), seed=job_seed(cfg.seed, trial, 10_000))
         else:
             model = build_attack_model(model_name, pool.input_shape, pool.num_classes,
                                        seed=cfg.seed if at_round is not None else job_seed(cfg.seed, trial, 10_000))
-        params = ParamSpec.of(model).flatten(model.state_dict()) if at_round is None else at_round.clone()
         if at_round is not None:  # the attacker holds the same global model the victims train on
-            model.load_state_dict(ParamSpec.of(model).unflatten(params))
+            model.load_state_dict(ParamSpec.of(model).unflatten(at_round))
+        params = ParamSpec.of(model).flatten(model.state_dict())
         noise_gen = torch.Generator().manual_seed(job_seed(cfg.seed, trial, 20_000 + b))
         obs = _observe(attack, model, params, clients, pool, cfg, defense, noise_gen, cfg.seed + trial)
         threat, steps = obs.threat, obs.local_steps
@@ -157,13 +167,13 @@ def _cell(cfg: AttackRunConfig, pool: Pool, attack: str, defense: DefenseConfig,
     all_truth = torch.cat(truths)
     floor_row = float(metrics.constant_psnr(floor_value, all_truth).mean())
     arr = np.asarray(psnrs)
-    eps = _epsilon(defense, cfg, b, steps)
+    eps = _epsilon(defense, cfg, attack, b, steps)
     row = {
         "dataset": cfg.data.name, "model": model_name, "state": cfg.state, "threat": threat,
         "attack": attack, "defense": defense.display, "defense_name": defense.name,
         "defense_params": defense.params(), "clients": defense.clients, "batch_size": b,
         "num_images": defense.clients * b, "local_steps": steps,
-        "client_lr": cfg.attack.family(attack).client_lr if attack in ("sme", "unrolled") else cfg.client.lr,
+        "client_lr": _victim_training(cfg, attack)[2],
         "labels": how, "trials": cfg.trials, "seed": cfg.seed,
         "variant": SCALINGS[cfg.attack.cpa.scale_from] if attack == "cpa" else None,
         "scale_from": info.get("scale_from") if attack == "cpa" else None,
@@ -183,14 +193,15 @@ def _cell(cfg: AttackRunConfig, pool: Pool, attack: str, defense: DefenseConfig,
     return row, example
 
 
-def _epsilon(defense: DefenseConfig, cfg: AttackRunConfig, b: int, steps: int) -> float | None:
-    """Client-level epsilon of one release (dp, dp-mf), or dp-sgd's example-level epsilon over its steps."""
+def _epsilon(defense: DefenseConfig, cfg: AttackRunConfig, attack: str, b: int, steps: int) -> float | None:
+    """Client-level epsilon of one release (dp, dp-mf), or dp-sgd's example-level epsilon over its steps
+    at the sampling rate of the minibatches the victim actually drew."""
     if defense.name in ("dp", "dp-mf"):
         return dp_epsilon(defense.noise_multiplier, defense.delta)
     if defense.name == "dp-sgd":
         from ..local.example_dp import example_epsilon
 
-        q = min(1.0, (cfg.client.local_batch_size or b) / b)
+        q = min(1.0, (_victim_training(cfg, attack)[1] or b) / b)
         return example_epsilon(defense.noise_multiplier, q, steps, defense.delta)
     return None
 
@@ -208,23 +219,20 @@ def evaluate(cfg: AttackRunConfig, *, progress: bool = True, on_row=None
             "floor_constant": [float(v) for v in floor_value],
             "floor_psnr_dataset": float(metrics.constant_psnr(floor_value, pool.images).mean())}
     cells = [(a, d, b) for a in cfg.attacks for d in cfg.defenses for b in cfg.batch_sizes]
-    rows, examples, utility_cache = [], [], {}
-    trained_cache: dict = {}
+    rows, examples, federations = [], [], {}
 
-    def trained(model_name: str, defense: DefenseConfig):
-        """One FedAvg run per (model, defense): its round-R model, and its utility at the end."""
+    def federation(model_name: str, defense: DefenseConfig) -> tuple[float | None, torch.Tensor | None]:
+        """One FedAvg run per (model, defense), cached: its final test accuracy (the utility column)
+        and, for ``state = "round-R"``, its global model after round R (leakage and utility of one run)."""
         key = (model_name, defense.display)
-        if key not in trained_cache:
-            if cfg.data.name == "photos":
-                raise ValueError("state 'round-R' trains a federation: the photos pool has no training split")
+        if key not in federations:
             u = cfg.utility
-            trained_cache[key] = train_federation(
+            federations[key] = train_federation(
                 cfg.data.name, cfg.data.dir or None, model_name, defense, rounds=max(u.rounds, cfg.train_rounds),
                 clients=u.clients, samples_per_client=u.samples_per_client, local_steps=u.local_steps,
                 batch_size=u.batch_size, lr=u.lr, eval_samples=u.eval_samples, seed=cfg.seed,
-                keep_round=cfg.train_rounds)[::-1]
-            utility_cache[key] = trained_cache[key][1]  # utility and leakage come from the same run
-        return trained_cache[key]
+                keep_round=cfg.train_rounds)
+        return federations[key]
 
     # a bar on a terminal; in a log file (CI, nohup) plain lines instead of carriage returns
     on_terminal = sys.stderr.isatty()
@@ -233,8 +241,7 @@ def evaluate(cfg: AttackRunConfig, *, progress: bool = True, on_row=None
     try:
         for attack, defense, b in cells:
             try:
-                row, example = _cell(cfg, pool, attack, defense, b, floor_value, bar,
-                                     trained if cfg.train_rounds else None)
+                row, example = _cell(cfg, pool, attack, defense, b, floor_value, bar, federation)
             except (ValueError, RuntimeError, NotImplementedError) as exc:
                 row = {"dataset": cfg.data.name, "model": cfg.model_for(attack), "attack": attack,
                        "defense": defense.display, "defense_name": defense.name,
@@ -244,16 +251,11 @@ def evaluate(cfg: AttackRunConfig, *, progress: bool = True, on_row=None
                 example = Example(f"{attack} / {defense.display}")
                 bar.update(cfg.trials)
             row["floor_psnr_dataset"] = meta["floor_psnr_dataset"]
-            if cfg.utility.rounds and row.get("error") is None and not cfg.train_rounds:
-                key = (row["model"], defense.display)
-                if key not in utility_cache:
-                    u = cfg.utility
-                    utility_cache[key] = utility_accuracy(
-                        cfg.data.name, cfg.data.dir or None, row["model"], defense, rounds=u.rounds,
-                        clients=u.clients, samples_per_client=u.samples_per_client,
-                        local_steps=u.local_steps, batch_size=u.batch_size, lr=u.lr,
-                        eval_samples=u.eval_samples, seed=cfg.seed)
-                row["utility_accuracy"] = utility_cache[key]
+            # the utility column at initialisation (a round-R row has its own run's); the photos pool has
+            # no test split and the imprint model is the attacker's, not one a federation trains
+            if (cfg.utility.rounds and row.get("error") is None and not cfg.train_rounds
+                    and cfg.data.name != "photos" and row["model"] != "imprint"):
+                row["utility_accuracy"] = federation(row["model"], defense)[0]
             example.title = f"{attack} / {defense.display} / B={b}"
             if progress and not on_terminal:
                 print(f"attacks: cell {len(rows) + 1}/{len(cells)} done ({example.title})", file=sys.stderr, flush=True)

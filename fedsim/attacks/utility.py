@@ -28,7 +28,7 @@ from ..strategies import FedAvgStrategy
 from .defenses import DefenseConfig, apply_defense
 from .models import build_attack_model
 
-__all__ = ["DefendedClients", "train_federation", "utility_accuracy"]
+__all__ = ["DefendedClients", "train_federation"]
 
 
 class DefendedClients:
@@ -97,10 +97,3 @@ def train_federation(dataset: str, data_dir: str | None, model_name: str, defens
         pred = model(ds.test.x[:n]).argmax(-1)
     return float((pred == ds.test.y[:n]).float().mean()), kept.get("params")
 
-
-def utility_accuracy(dataset: str, data_dir: str | None, model_name: str, defense: DefenseConfig, *,
-                     rounds: int, **kw) -> float | None:
-    """Test accuracy after ``rounds`` rounds, or ``None`` for a dataset without a test split."""
-    if dataset == "photos" or rounds == 0:
-        return None
-    return train_federation(dataset, data_dir, model_name, defense, rounds=rounds, **kw)[0]

@@ -49,11 +49,16 @@ def add_parser(sub) -> None:
         importlib.import_module(f"{__name__}.{name}").add_parser(bsub)
 
 
+def progress_log(args):
+    """The progress logger of a benchmark's command line: stderr when ``--json`` owns stdout."""
+    return (lambda msg: print(msg, file=sys.stderr, flush=True)) if args.json else print
+
+
 def cli_setup(args):
-    """What every benchmark's command line checks first: ``--rounds`` >= 2 (the steady round is the median
-    of the rounds after the first); returns the progress logger (stderr when ``--json`` owns stdout)."""
+    """What every round-timing benchmark's command line checks first: ``--rounds`` >= 2 (the steady round
+    is the median of the rounds after the first); returns the progress logger (``progress_log``)."""
     from ..config import ConfigError
 
     if args.rounds < 2:
         raise ConfigError("--rounds must be >= 2 (the steady round is the median of rounds after the first)")
-    return (lambda msg: print(msg, file=sys.stderr, flush=True)) if args.json else print
+    return progress_log(args)

@@ -21,7 +21,7 @@ import os
 import time
 from pathlib import Path
 
-from . import int_list
+from . import int_list, progress_log
 
 CHECKPOINTS = (1, 3, 10, 30, 100, 300, 1000, 3000, 10000, 30000)
 
@@ -47,7 +47,7 @@ def _cli(args) -> int:
 
     if args.steps < 1 or args.warmup < 0 or args.delay < 1 or args.batch_steps < 1:
         raise ConfigError("--steps, --delay and --batch-steps must be >= 1 and --warmup >= 0")
-    log = (lambda m: print(m, file=__import__("sys").stderr, flush=True)) if args.json else print
+    log = progress_log(args)
     result = bench_repair(args.model, args.steps, args.delay, args.warmup, int_list(args.batch, "--batch"),
                           args.batch_steps, args.samples, args.device, Path(args.out), log)
     print(json.dumps(result, indent=2) if args.json else format_tables(result))

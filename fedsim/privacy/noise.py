@@ -79,7 +79,9 @@ class NoiseStream:
             raise ValueError(f"unknown factor structure {self.kind!r}")
         # dense factors: keep every past w (n·D float64) only while that fits store_limit; beyond it the
         # noise is regenerated from the seeds each round (O(D) memory, O(t·D) work), the same numbers
-        self.regenerate = self.kind in ("dense", "toeplitz") and self.n * self.dim * 8 > store_limit
+        dense = self.kind in ("dense", "toeplitz")
+        self.regenerate = dense and self.n * self.dim * 8 > store_limit
+        self._stores_all = dense and not self.regenerate  # _buf holds every past w (row t = w_t)
         if self.regenerate:
             self._W = np.linalg.inv(C)  # the noise map, lower triangular
         self.reset()
@@ -88,7 +90,7 @@ class NoiseStream:
         self.t = 0
         m = {"banded": self.bands - 1 if self.kind == "banded" else 0,
              "blt": len(self._omega) if self.kind == "blt" else 0}.get(self.kind, 0)
-        if self.kind in ("dense", "toeplitz") and not self.regenerate:
+        if self._stores_all:
             m = self.n  # all past w's (allocated once)
         self._buf = torch.zeros(m, self.dim, dtype=torch.float64)  # banded: last b−1 w's, newest first
 
@@ -145,7 +147,7 @@ class NoiseStream:
     # -- checkpointing ----------------------------------------------------------------------
 
     def _saved_buffers(self) -> torch.Tensor:
-        return (self._buf[: self.t] if self.kind in ("dense", "toeplitz") and not self.regenerate else self._buf).clone()
+        return (self._buf[: self.t] if self._stores_all else self._buf).clone()
 
     def state_dict(self) -> dict:
         return {"step": self.t, "seed": self.seed, "dim": self.dim, "std": self.std,
@@ -158,10 +160,10 @@ class NoiseStream:
             raise ValueError("noise state was saved for a different dim or seed")
         self.t, self.std = int(state["step"]), float(state["std"])
         buf = state["buffers"].to(torch.float64)
-        if self.kind in ("dense", "toeplitz") and not self.regenerate:
+        if self._stores_all:
             self._buf = torch.zeros(self.n, self.dim, dtype=torch.float64)
             self._buf[: len(buf)] = buf
-        elif not self.regenerate:
+        elif not self.regenerate:  # regenerated noise keeps no buffers
             self._buf = buf.clone()
         # (checkpoints of older versions also hold the tree's node noise: it is regenerated from its key)
 

@@ -65,8 +65,9 @@ class RepairStrategy(AsyncStrategy):
         for i, rep in zip(todo, stats):
             rows[i] = rep.update
             state = self._count(server_round, rep, state)
-            if cfg.warm_start:
-                state["synthetic"] = {**state.get("synthetic", {}), int(cohort.clients[i]): rep.synthetic}
+        if cfg.warm_start and stats:  # each repaired client's set: where its next inversion starts
+            state["synthetic"] = {**state.get("synthetic", {}),
+                                  **{int(cohort.clients[i]): rep.synthetic for i, rep in zip(todo, stats)}}
         new = S.direct(params, torch.stack(rows) if rows else cohort.updates, self.server_lr)
         metrics = {"repair/switched": int(bool(state["switched_at"])), "staleness/history_misses": missed,
                    "repair/count": len(stats), "repair/used": sum(r.used for r in stats)}
