@@ -61,7 +61,7 @@ from .inversion.labels import recover_labels
 from .inversion.layers import last_linear
 from .inversion.objectives import total_variation
 from .inversion.observation import Observation
-from .inversion.optimise import ig_schedule, random_images
+from .inversion.optimise import StepDecay, random_images
 
 MODES = ("replace", "correct")
 SWITCHES = ("estimated", "never", "round")
@@ -160,11 +160,9 @@ def invert_batch(model: nn.Module, spec: ParamSpec, problems: list[Problem], *, 
     update = torch.stack([p.update for p in problems])
     norm = update.abs().sum(1).clamp_min(1e-12)
     opt_x, opt_y = torch.optim.Adam([x], lr=image_lr), torch.optim.Adam([logits], lr=label_lr)
-    sched = None if plateau_steps else ig_schedule(opt_x, iterations)
-    decays = 0  # with plateau_steps: IG's three x0.1 steps come at plateaus instead of at fixed fractions
+    decay = StepDecay(opt_x, iterations, plateau_steps, plateau_tol)
     best_x, best_y = x.detach().clone(), logits.detach().clone()
     best = torch.full((len(problems),), float("inf"))
-    history: list[torch.Tensor] = []  # best residuals, for the plateau test
     steps = 0
     for steps in range(1, iterations + 1):
         (gx, gy), r = step_fn(x.detach(), logits.detach(), w0, update, norm)
@@ -180,20 +178,11 @@ def invert_batch(model: nn.Module, spec: ParamSpec, problems: list[Problem], *, 
         x.grad, logits.grad = gx.sign(), gy
         opt_x.step()
         opt_y.step()
-        if sched is not None:
-            sched.step()
         if box is not None:
             with torch.no_grad():
                 x.clamp_(*box)
-        history.append(best.clone())
-        if plateau_steps and len(history) > plateau_steps:
-            if bool((best >= history.pop(0) * (1 - plateau_tol)).all()):  # no problem improved: a plateau
-                if decays == 3:
-                    break
-                decays += 1
-                for group in opt_x.param_groups:
-                    group["lr"] *= 0.1
-                history.clear()
+        if decay.after_step(best):
+            break
     return [Inverted(best_x[i], best_y[i], float(best[i]), steps) for i in range(len(problems))]
 
 

@@ -22,7 +22,8 @@ from .imprint import ImprintConfig
 
 __all__ = ["ATTACKS", "AttackRunConfig", "ConfigError", "attack_preset_names", "load_attack_config"]
 
-ATTACKS = ("dlg", "idlg", "ig", "sme", "unrolled", "cpa", "analytic", "imprint")
+# ig-update: SME's baseline, IG on the weight update (SME with alpha fixed at 0), with attack.sme's settings
+ATTACKS = ("dlg", "idlg", "ig", "sme", "ig-update", "unrolled", "cpa", "analytic", "imprint")
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ class AttackSection:
     analytic: AnalyticConfig = field(default_factory=AnalyticConfig)
 
     def family(self, name: str):
+        if name == "ig-update":
+            return dataclasses.replace(self.sme, alpha_init=0.0, learn_alpha=False)
         return getattr(self, name)
 
 
@@ -181,9 +184,11 @@ def validate(cfg: AttackRunConfig) -> None:
     for a in ATTACKS:
         fam = cfg.attack.family(a)
         need(fam.model in ATTACK_MODELS or a == "imprint", f"attack.{a}.model", f"must be one of {', '.join(ATTACK_MODELS)}")
-        for name in ("evals", "steps"):
+        for name in ("evals", "steps", "plateau_steps"):
             if hasattr(fam, name):
                 need(getattr(fam, name) >= 0, f"attack.{a}.{name}", "must be >= 0")
+        if hasattr(fam, "plateau_tol"):
+            need(0 <= fam.plateau_tol < 1, f"attack.{a}.plateau_tol", f"must be in [0, 1), got {fam.plateau_tol}")
     need(cfg.attack.cpa.scale_from in SCALINGS, "attack.cpa.scale_from",
          f"must be one of {', '.join(SCALINGS)}; got '{cfg.attack.cpa.scale_from}'")
     need(0 <= cfg.attack.sme.alpha_init <= 1, "attack.sme.alpha_init", "must be in [0, 1]")
@@ -191,7 +196,7 @@ def validate(cfg: AttackRunConfig) -> None:
     need("imprint" not in cfg.attacks or cfg.client.local_steps == 1, "client.local_steps",
          "must be 1 for the imprint attack (it reads FedSGD's gradient)")
     for a in ("sme", "unrolled"):
-        fam = cfg.attack.family(a)
+        fam = getattr(cfg.attack, a)
         need(fam.local_steps >= 1, f"attack.{a}.local_steps", "must be >= 1")
         need(fam.client_lr > 0, f"attack.{a}.client_lr", "must be > 0")
         need(fam.local_batch_size >= 0, f"attack.{a}.local_batch_size", "must be >= 0")

@@ -38,6 +38,10 @@ class DLGConfig:
     history_size: int = 100
     line_search: bool = True   # strong Wolfe
     restarts: int = 1
+    # 0: run all ``evals``; P > 0 (ours): stop once the best matching loss improved by no more than
+    # ``plateau_tol`` (relative) over the last P evaluations
+    plateau_steps: int = 0
+    plateau_tol: float = 1e-3
 
 
 def dlg(model: nn.Module, obs: Observation, *, input_shape: tuple, num_classes: int,
@@ -59,9 +63,9 @@ def dlg(model: nn.Module, obs: Observation, *, input_shape: tuple, num_classes: 
         attempt = _run(model, spec, obs, x, y_logits, labels, cfg)
         if best is None or attempt[2] < best[2]:
             best = attempt
-    x_best, y_best, loss = best
+    x_best, y_best, loss, evals = best
     out_labels = labels.clone() if labels is not None else y_best.argmax(-1)
-    return x_best, out_labels, {"match_loss": loss}
+    return x_best, out_labels, {"match_loss": loss, "steps": evals}
 
 
 def _run(model, spec, obs, x, y_logits, labels, cfg):
@@ -69,7 +73,8 @@ def _run(model, spec, obs, x, y_logits, labels, cfg):
     variables = [x] if labels is not None else [x, y_logits]
     opt = torch.optim.LBFGS(variables, lr=cfg.lr, max_iter=cfg.max_iter, history_size=cfg.history_size,
                             line_search_fn="strong_wolfe" if cfg.line_search else None)
-    state = {"best": float("inf"), "x": x.detach().clone(), "y": y_logits.detach().clone(), "evals": 0}
+    state = {"best": float("inf"), "x": x.detach().clone(), "y": y_logits.detach().clone(), "evals": 0,
+             "trace": []}  # the best loss after each evaluation
 
     def objective() -> torch.Tensor:
         target = labels if labels is not None else torch.softmax(y_logits, -1)
@@ -87,6 +92,7 @@ def _run(model, spec, obs, x, y_logits, labels, cfg):
             state["best"] = value
             state["x"] = x.detach().clone()
             state["y"] = y_logits.detach().clone()
+        state["trace"].append(state["best"])
         loss.backward()
         return loss
 
@@ -98,4 +104,7 @@ def _run(model, spec, obs, x, y_logits, labels, cfg):
         loss = opt.step(closure)
         if not torch.isfinite(loss) or state["best"] < 1e-12 or state["evals"] <= before + 1:
             break  # diverged, converged, or L-BFGS's tolerances stopped it at once
-    return state["x"], state["y"], state["best"]
+        trace, p = state["trace"], cfg.plateau_steps
+        if p and len(trace) > p and trace[-1] >= trace[-1 - p] * (1 - cfg.plateau_tol):
+            break  # a plateau: the convergence stop
+    return state["x"], state["y"], state["best"], state["evals"]

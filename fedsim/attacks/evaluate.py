@@ -70,11 +70,10 @@ def run_attack(attack: str, model, obs: Observation, pool: Pool, cfg: AttackRunC
         x, _, info = dlg(model, obs, input_shape=shape, num_classes=classes, cfg=fam, gen=gen, labels=labels)
     elif attack == "ig":
         x, info = ig(model, obs, input_shape=shape, labels=labels, cfg=fam, gen=gen, box=box)
-    elif attack == "sme":
+    elif attack in ("sme", "ig-update"):  # ig-update: the family has alpha fixed at 0
         x, info = sme(model, obs, input_shape=shape, labels=labels, cfg=fam, gen=gen, box=box)
     elif attack == "unrolled":
-        x, info = unrolled(model, obs, input_shape=shape, labels=labels, steps=fam.steps, lr=fam.lr, tv=fam.tv,
-                           gen=gen, box=box, signed=fam.signed)
+        x, info = unrolled(model, obs, input_shape=shape, labels=labels, cfg=fam, gen=gen, box=box)
     elif attack == "cpa":
         x, info = cpa(model, obs, input_shape=shape, cfg=fam, gen=gen, box=box,
                       prior=PixelPrior.of(pool.images))
@@ -91,7 +90,7 @@ def _victim_training(cfg: AttackRunConfig, attack: str) -> tuple[int, int, float
     """``(local steps, local batch size, lr, view)`` of the victims an attack observes: the multi-step
     attacks (SME, unrolled) see the weight update of their own family's local training, the others
     the gradient of ``[client]``'s."""
-    if attack in ("sme", "unrolled"):
+    if attack in ("sme", "ig-update", "unrolled"):
         fam = cfg.attack.family(attack)
         return fam.local_steps, fam.local_batch_size, fam.client_lr, "update"
     c = cfg.client
@@ -121,7 +120,7 @@ def _cell(cfg: AttackRunConfig, pool: Pool, attack: str, defense: DefenseConfig,
     example = Example(f"{attack} / {defense.display}")
     psnrs, ssims, label_accs, truths, runtime, threat, how = [], [], [], [], 0.0, "", ""
     trial_psnr = []  # each trial's mean PSNR: trials are the independent repetitions of a cell
-    steps = 1
+    steps, steps_run = 1, []
     for trial in range(cfg.trials):
         data_gen = torch.Generator().manual_seed(job_seed(cfg.seed, trial, b))
         clients = sample_clients(pool, defense.clients, b, data_gen, unique_labels=cfg.data.unique_labels)
@@ -141,6 +140,8 @@ def _cell(cfg: AttackRunConfig, pool: Pool, attack: str, defense: DefenseConfig,
         x_hat, y_hat, how, info = run_attack(attack, model, obs, pool, cfg,
                                           torch.Generator().manual_seed(job_seed(cfg.seed, trial, 30_000 + b)))
         runtime += time.perf_counter() - t0
+        if "steps" in info:
+            steps_run.append(info["steps"])
         truth = torch.cat([u for u, _ in clients])
         true_y = torch.cat([y for _, y in clients])
         recon = pool.normalizer.to_pixels(x_hat.detach()).clamp(0, 1)
@@ -189,6 +190,9 @@ def _cell(cfg: AttackRunConfig, pool: Pool, attack: str, defense: DefenseConfig,
         "epsilon": eps if eps is not None and math.isfinite(eps) else None,
         "delta": defense.delta if defense.name in ("dp", "dp-sgd", "dp-mf") else None,
         "utility_accuracy": utility, "runtime": runtime, "error": None,
+        # the optimiser's steps (DLG: evaluations) actually run, mean over trials: below the budget when the
+        # convergence stop (attack.<name>.plateau_steps) ended it, or L-BFGS converged
+        "steps_run": float(np.mean(steps_run)) if steps_run else None,
     }
     return row, example
 
@@ -206,10 +210,11 @@ def _epsilon(defense: DefenseConfig, cfg: AttackRunConfig, attack: str, b: int, 
     return None
 
 
-def evaluate(cfg: AttackRunConfig, *, progress: bool = True, on_row=None
+def evaluate(cfg: AttackRunConfig, *, progress: bool = True, on_row=None, federations: dict | None = None
              ) -> tuple[list[dict], list[Example], dict]:
     """Run every cell of ``cfg``; returns ``(rows, examples, meta)``. ``on_row(rows, meta)`` is
-    called after each cell (e.g. to save partial results)."""
+    called after each cell (e.g. to save partial results). ``federations`` caches the training runs
+    across calls that share their data, utility and state settings (``fedsim bench attack``)."""
     from tqdm import tqdm
 
     torch.set_num_threads(cfg.threads)
@@ -219,7 +224,8 @@ def evaluate(cfg: AttackRunConfig, *, progress: bool = True, on_row=None
             "floor_constant": [float(v) for v in floor_value],
             "floor_psnr_dataset": float(metrics.constant_psnr(floor_value, pool.images).mean())}
     cells = [(a, d, b) for a in cfg.attacks for d in cfg.defenses for b in cfg.batch_sizes]
-    rows, examples, federations = [], [], {}
+    rows, examples = [], []
+    federations = {} if federations is None else federations
 
     def federation(model_name: str, defense: DefenseConfig) -> tuple[float | None, torch.Tensor | None]:
         """One FedAvg run per (model, defense), cached: its final test accuracy (the utility column)

@@ -43,6 +43,10 @@ class IGConfig:
     tv: float = 1e-2
     restarts: int = 1
     signed: bool = True
+    # 0: the paper's schedule (x0.1 at 3/8, 5/8, 7/8 of ``steps``); P > 0: decay at each plateau of the
+    # matching loss over P steps and stop at the fourth (ours; ``steps`` stays the cap)
+    plateau_steps: int = 0
+    plateau_tol: float = 1e-3
 
 
 @dataclass(frozen=True)
@@ -74,11 +78,16 @@ def ig(model: nn.Module, obs: Observation, *, input_shape: tuple, labels: torch.
 
     best = None
     for _ in range(max(1, cfg.restarts)):
-        x, loss, _ = optimise(loss_fn, random_images(len(labels), input_shape, gen, box), steps=cfg.steps,
-                               lr=cfg.lr, signed=cfg.signed, box=box)
+        x, loss, _, done = optimise(loss_fn, random_images(len(labels), input_shape, gen, box), **_budget(cfg, box))
         if best is None or loss < best[1]:
-            best = (x, loss)
-    return best[0], {"match_loss": best[1]}
+            best = (x, loss, done)
+    return best[0], {"match_loss": best[1], "steps": best[2]}
+
+
+def _budget(cfg: IGConfig, box) -> dict:
+    """The optimiser settings an IG-family config gives :func:`optimise`."""
+    return dict(steps=cfg.steps, lr=cfg.lr, signed=cfg.signed, box=box, plateau_steps=cfg.plateau_steps,
+                plateau_tol=cfg.plateau_tol)
 
 
 def sme(model: nn.Module, obs: Observation, *, input_shape: tuple, labels: torch.Tensor,
@@ -99,17 +108,16 @@ def sme(model: nn.Module, obs: Observation, *, input_shape: tuple, labels: torch
     best = None
     for _ in range(max(1, cfg.restarts)):
         alpha = torch.tensor(float(cfg.alpha_init), requires_grad=True) if cfg.learn_alpha else None
-        x, loss, a = optimise(loss_fn, random_images(len(labels), input_shape, gen, box), steps=cfg.steps,
-                               lr=cfg.lr, signed=cfg.signed, box=box, alpha=alpha,
-                               alpha_lr=cfg.alpha_lr)
+        x, loss, a, done = optimise(loss_fn, random_images(len(labels), input_shape, gen, box), **_budget(cfg, box),
+                                    alpha=alpha, alpha_lr=cfg.alpha_lr)
         if best is None or loss < best[1]:
-            best = (x, loss, cfg.alpha_init if a is None else a)
-    return best[0], {"match_loss": best[1], "alpha": best[2]}
+            best = (x, loss, cfg.alpha_init if a is None else a, done)
+    return best[0], {"match_loss": best[1], "alpha": best[2], "steps": best[3]}
 
 
 def unrolled(model: nn.Module, obs: Observation, *, input_shape: tuple, labels: torch.Tensor,
-             steps: int, lr: float, tv: float, gen: torch.Generator,
-             box: tuple[float, float] | None = None, signed: bool = True) -> tuple[torch.Tensor, dict]:
+             cfg: IGConfig, gen: torch.Generator, box: tuple[float, float] | None = None
+             ) -> tuple[torch.Tensor, dict]:
     """Strong FedAvg simulation: unroll ``obs.local_steps`` SGD steps of size ``obs.lr`` on the
     dummy batch (minibatches of ``obs.batch_size`` taken in a fixed order) and match the update."""
     if obs.kind != "update":
@@ -119,11 +127,10 @@ def unrolled(model: nn.Module, obs: Observation, *, input_shape: tuple, labels: 
     def loss_fn(x, _alpha):
         sim = local_update(model, spec, obs.params, x, labels, steps=obs.local_steps, lr=obs.lr,
                            batch_size=obs.batch_size, create_graph=True)
-        return cosine_distance(sim, obs.value, obs.mask) + tv * total_variation(x)
+        return cosine_distance(sim, obs.value, obs.mask) + cfg.tv * total_variation(x)
 
-    x, loss, _ = optimise(loss_fn, random_images(len(labels), input_shape, gen, box), steps=steps, lr=lr,
-                           signed=signed, box=box)
-    return x, {"match_loss": loss}
+    x, loss, _, done = optimise(loss_fn, random_images(len(labels), input_shape, gen, box), **_budget(cfg, box))
+    return x, {"match_loss": loss, "steps": done}
 
 
 def invert_update(model: nn.Module, params_at_send: torch.Tensor, update: torch.Tensor, *,
@@ -154,8 +161,8 @@ def invert_update(model: nn.Module, params_at_send: torch.Tensor, update: torch.
         x, _ = sme(model, obs, input_shape=input_shape, labels=labels, gen=gen, box=box,
                    cfg=SMEConfig(steps=steps, tv=tv))
     elif method == "unrolled":
-        x, _ = unrolled(model, obs, input_shape=input_shape, labels=labels, steps=steps, lr=0.1,
-                        tv=tv, gen=gen, box=box)
+        x, _ = unrolled(model, obs, input_shape=input_shape, labels=labels, gen=gen, box=box,
+                        cfg=IGConfig(steps=steps, tv=tv))
     else:
         raise ValueError(f"method must be 'sme' or 'unrolled', got {method!r}")
     return x, labels

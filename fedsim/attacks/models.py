@@ -6,7 +6,10 @@
 U(-0.5, 0.5). Sigmoid is twice differentiable and keeps the penultimate activations positive,
 which both DLG's optimisation and iDLG's label rule rely on. Everything else comes from
 :func:`fedsim.models.build_model` (``mlp`` is the first-FC-layer model for the analytic attack and
-CPA; ``cnn`` is the small ReLU CNN for IG and SME).
+CPA; ``cnn`` is the small ReLU CNN for IG and SME). ``cnn-sme`` is SME's ``CNNmnist`` (Zhu, Yao, Blaschko, ICML 2023; reference
+``JunyiZhu-AI/surrogate_model_extension`` ``models/mnistCNN.py``): 3x3 convolutions with 32 and 64
+channels (padding 1), ReLU, 2x2 average pooling after each, then FC 100, ReLU, FC to the classes;
+PyTorch's default initialisation from the seed.
 """
 
 from __future__ import annotations
@@ -14,11 +17,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..models import MODELS, build_model
+from ..models import MODELS, build_model, seeded
 
 __all__ = ["ATTACK_MODELS", "build_attack_model"]
 
-ATTACK_MODELS = ("lenet-sigmoid",) + tuple(m for m in MODELS if m != "char-lstm")
+ATTACK_MODELS = ("lenet-sigmoid", "cnn-sme") + tuple(m for m in MODELS if m != "char-lstm")
 
 
 def build_attack_model(name: str, input_shape: tuple, num_classes: int, *, seed: int) -> nn.Module:
@@ -26,6 +29,8 @@ def build_attack_model(name: str, input_shape: tuple, num_classes: int, *, seed:
     if name == "lenet-sigmoid":
         gen = torch.Generator().manual_seed(seed)
         return _lenet_sigmoid(tuple(int(s) for s in input_shape), num_classes, gen)
+    if name == "cnn-sme":
+        return seeded(seed, lambda: _cnn_sme(tuple(int(s) for s in input_shape), num_classes))
     if name not in ATTACK_MODELS:
         raise ValueError(f"unknown attack model {name!r}; known: {', '.join(ATTACK_MODELS)}")
     return build_model(name, input_shape, num_classes, seed=seed)
@@ -45,3 +50,13 @@ def _lenet_sigmoid(shape: tuple, classes: int, gen: torch.Generator) -> nn.Modul
         for p in model.parameters():
             p.copy_(torch.rand(p.shape, generator=gen) - 0.5)
     return model
+
+
+def _cnn_sme(shape: tuple, classes: int) -> nn.Module:
+    if len(shape) != 3:
+        raise ValueError(f"cnn-sme needs an image input_shape (C, H, W), got {shape}")
+    body = nn.Sequential(nn.Conv2d(shape[0], 32, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
+                         nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten())
+    with torch.no_grad():
+        flat = body(torch.zeros(1, *shape)).numel()
+    return nn.Sequential(*body, nn.Linear(flat, 100), nn.ReLU(), nn.Linear(100, classes))

@@ -5,6 +5,7 @@
     fedsim bench scale [--sizes 1000,10000,100000] [--processes 1,2,4] [--clients-per-round 100] [--json]
     fedsim bench noise [--dims 10000,100000,1000000] [--steps 100] [--mechanism sqrt-toeplitz] [--json]
     fedsim bench repair [--model mlp] [--steps 1000] [--delay 40] [--batch 4] [--device cpu|cuda] [--json]
+    fedsim bench attack [--preset grid-fmnist] [--attacks dlg,ig,sme,ig-update] [--budgets 30,100,300,1000,3000] [--json]
 
 Each benchmark is a module with ``add_parser(bench_subparsers)``, listed in ``BENCHMARKS``; the process
 handling (own sessions, stop by PID) is in ``processes.py``, the memory sampler in ``memory.py``.
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import sys
 
-BENCHMARKS = ("runtime", "sim", "scale", "noise", "repair")
+BENCHMARKS = ("runtime", "sim", "scale", "noise", "repair", "attack")
 
 
 def fedsim_cmd(*args: str) -> list[str]:
