@@ -18,6 +18,16 @@ Each stage is a pure function of the flat update ``[D]`` (plus explicit state an
 * ``prune`` -- DLG's gradient pruning (Zhu et al. 2019, Sec. 5): per parameter tensor, zero the
   ``prune_ratio`` fraction of smallest magnitudes (the ``prune`` compressor, also a client stage
   of any run: ``compression.name = "prune"``).
+* ``soteria`` -- Soteria (Sun, Li, Wang, Chen, Li, CVPR 2021, arXiv 2012.06043, Sec. 4; reference
+  ``jeremy313/Soteria``): the client scores each feature f of the representation (the input of the
+  model's last linear layer) by ``sum_b ||d r_bf / d x_b|| / (r_bf + 0.1)`` on its own batch and
+  zeroes that layer's weight-gradient columns of the ``prune_ratio`` fraction with the lowest scores
+  (the features whose perturbation moves the reconstruction most per unit of change). The score,
+  the 0.1 and the percentile threshold follow the reference code. Ours: on a multi-step update the
+  mask is computed once at the model the client received and applied to the whole update; the
+  utility run computes it on the client's shard. Known break (Balunovic et al., ICLR 2022): an
+  attacker that knows the defended layer matches without it -- ``adaptive = true`` gives the attacker
+  that knowledge (its matching mask drops the layer's weight).
 * ``secagg`` -- no per-client stage; the server sees only the sum over ``clients`` clients
   (applied by :func:`fedsim.attacks.observations.observe`; any defense may set ``clients`` > 1).
 * ``local-steps`` -- no stage; the client runs ``local_steps`` SGD steps before sending.
@@ -45,9 +55,9 @@ from ..core.error_feedback import ef21_step
 from ..core.params import ParamSpec
 
 __all__ = ["DEFENSES", "DefenseConfig", "apply_defense", "central_noise", "clip_update", "dp_epsilon",
-           "gaussian_noise", "prune_layers", "top_k"]
+           "gaussian_noise", "prune_layers", "soteria_mask", "soteria_stage", "top_k"]
 
-DEFENSES = ("none", "dp", "dp-sgd", "clip", "top-k", "ef21", "prune", "secagg", "local-steps", "dp-mf")
+DEFENSES = ("none", "dp", "dp-sgd", "clip", "top-k", "ef21", "prune", "soteria", "secagg", "local-steps", "dp-mf")
 
 
 @dataclass(frozen=True)
@@ -59,7 +69,8 @@ class DefenseConfig:
     clip: float = 1.0               # dp, clip: L2 bound C on each client's update
     noise_multiplier: float = 0.0   # dp: noise std = z * C per coordinate of the update
     density: float = 0.01           # top-k, ef21: fraction of coordinates sent
-    prune_ratio: float = 0.9        # prune: fraction of each tensor zeroed
+    prune_ratio: float = 0.9        # prune: fraction of each tensor zeroed; soteria: fraction of features pruned
+    adaptive: bool = False          # soteria: the attacker knows the defended layer and matches without it
     clients: int = 1                # secure-aggregation group size (1 = no aggregation)
     local_steps: int = 1            # local-steps: SGD steps the client runs before sending
     delta: float = 1e-5             # dp: delta of the reported epsilon
@@ -75,6 +86,7 @@ class DefenseConfig:
                 "dp-sgd": f"dp-sgd(C={self.clip:g},z={self.noise_multiplier:g})",
                 "clip": f"clip(C={self.clip:g})", "top-k": f"top-k({self.density:g})",
                 "ef21": f"ef21({self.density:g})", "prune": f"prune({self.prune_ratio:g})",
+                "soteria": f"soteria({self.prune_ratio:g}{', adaptive attacker' if self.adaptive else ''})",
                 "secagg": f"secagg({self.clients})", "local-steps": f"local-steps({self.local_steps})",
                 "dp-mf": f"dp-mf({self.mechanism},z={self.noise_multiplier:g})"}[self.name]
 
@@ -83,7 +95,8 @@ class DefenseConfig:
         keys = {"dp": ("clip", "noise_multiplier"), "dp-sgd": ("clip", "noise_multiplier"), "clip": ("clip",),
                 "top-k": ("density",),
                 "dp-mf": ("clip", "noise_multiplier", "mechanism", "rounds", "round"),
-                "ef21": ("density",), "prune": ("prune_ratio",), "local-steps": ("local_steps",)}
+                "ef21": ("density",), "prune": ("prune_ratio",), "soteria": ("prune_ratio", "adaptive"),
+                "local-steps": ("local_steps",)}
         out = {k: getattr(self, k) for k in keys.get(self.name, ())}
         if self.clients > 1 or self.name == "secagg":
             out["clients"] = self.clients
@@ -148,7 +161,8 @@ def apply_defense(u: torch.Tensor, defense: DefenseConfig, spec: ParamSpec, gen:
                   ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """One client's message: ``(sent [D], support mask [D] bool or None, new EF21 state)``."""
     name = defense.name
-    if name in ("none", "secagg", "local-steps", "dp-sgd"):  # dp-sgd is private training, not a message stage
+    # dp-sgd is private training, not a message stage; soteria needs the client's data (soteria_stage)
+    if name in ("none", "secagg", "local-steps", "dp-sgd", "soteria"):
         return u.clone(), None, ef_state
     if name == "clip":
         return clip_update(u, defense.clip), None, ef_state
@@ -169,3 +183,55 @@ def apply_defense(u: torch.Tensor, defense: DefenseConfig, spec: ParamSpec, gen:
     if name == "dp-mf":  # the per-client half; the server adds central_noise() to the sum
         return clip_update(u, defense.clip), None, ef_state
     raise ValueError(f"unknown defense {name!r}; known: {', '.join(DEFENSES)}")
+
+
+def soteria_mask(model: torch.nn.Module, params: torch.Tensor, x: torch.Tensor, prune_ratio: float,
+                 chunk: int = 32) -> torch.Tensor:
+    """Soteria's mask ``[D]`` (1 = sent) for a client holding inputs ``x`` (model-input space) at ``params``:
+    0 on the last linear layer's weight columns of the pruned representation features."""
+    from torch.func import functional_call, jacrev, vmap
+
+    from ..inversion.layers import last_linear
+
+    spec = ParamSpec.of(model)
+    weight_name, _ = last_linear(model)
+    layer = dict(model.named_modules())[weight_name.rsplit(".", 1)[0]]
+    named = {k: v.detach() for k, v in spec.unflatten(params).items()}
+    seen = []
+    hook = layer.register_forward_pre_hook(lambda _m, inputs: seen.append(inputs[0]))
+
+    def features(xi: torch.Tensor) -> torch.Tensor:  # r(x) of one sample: the defended layer's input
+        seen.clear()
+        functional_call(model, named, (xi[None],))
+        return seen[-1][0]
+
+    try:
+        score = None
+        for part in x.detach().split(chunk):
+            jac = vmap(jacrev(features))(part)                  # [b, F, *input]
+            r = vmap(features)(part)                            # [b, F]
+            s = (jac.flatten(2).norm(dim=2) / (r + 0.1)).sum(0)
+            score = s if score is None else score + s
+    finally:
+        hook.remove()
+    score = score.abs()
+    pruned = score < torch.quantile(score, prune_ratio)
+    mask = torch.ones(spec.dim)
+    views = spec.unflatten(mask)
+    views[weight_name][:, pruned] = 0.0  # views share mask's storage
+    return mask
+
+
+def soteria_stage(update: torch.Tensor, model: torch.nn.Module, params: torch.Tensor, x: torch.Tensor,
+                  defense: DefenseConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One client's Soteria message and the attacker's matching mask (``None``: the attacker does not
+    adapt; with ``defense.adaptive`` every coordinate but the defended layer's weight)."""
+    sent = update * soteria_mask(model, params, x, defense.prune_ratio)
+    if not defense.adaptive:
+        return sent, None
+    from ..inversion.layers import last_linear
+
+    spec = ParamSpec.of(model)
+    keep = torch.ones(spec.dim, dtype=torch.bool)
+    spec.unflatten(keep)[last_linear(model)[0]].fill_(False)
+    return sent, keep

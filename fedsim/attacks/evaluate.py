@@ -118,7 +118,7 @@ def _cell(cfg: AttackRunConfig, pool: Pool, attack: str, defense: DefenseConfig,
             raise ValueError("state 'round-R' trains a federation: the photos pool has no training split")
         utility, at_round = federation(model_name, defense)
     example = Example(f"{attack} / {defense.display}")
-    psnrs, ssims, label_accs, truths, runtime, threat, how = [], [], [], [], 0.0, "", ""
+    psnrs, ssims, ms_ssims, label_accs, truths, runtime, threat, how = [], [], [], [], [], 0.0, "", ""
     trial_psnr = []  # each trial's mean PSNR: trials are the independent repetitions of a cell
     steps, steps_run = 1, []
     for trial in range(cfg.trials):
@@ -153,6 +153,9 @@ def _cell(cfg: AttackRunConfig, pool: Pool, attack: str, defense: DefenseConfig,
         trial_psnr.append(float(p.mean()))
         if min(truth.shape[-2:]) >= 11:
             ssims.extend(metrics.ssim(matched, truth[keep]).tolist())
+        ms = metrics.ms_ssim(matched, truth[keep])
+        if ms is not None:
+            ms_ssims.extend(ms.tolist())
         label_accs.append(metrics.label_accuracy(y_hat.tolist(), true_y.tolist()))
         truths.append(truth)
         for j in range(b):  # the first client's images: the same columns in every cell
@@ -182,7 +185,9 @@ def _cell(cfg: AttackRunConfig, pool: Pool, attack: str, defense: DefenseConfig,
         "psnr_mean": float(arr.mean()), "psnr_std": float(arr.std()),
         "psnr_median": float(np.median(arr)), "psnr_max": float(arr.max()),
         "psnr_trial_means": trial_psnr, "psnr_ci95": list(ci95(trial_psnr)) if len(trial_psnr) > 1 else None,
-        "ssim_mean": float(np.mean(ssims)) if ssims else None, "lpips_mean": None,
+        "ssim_mean": float(np.mean(ssims)) if ssims else None,
+        "ms_ssim_mean": float(np.mean(ms_ssims)) if ms_ssims else None,
+        "lpips_mean": None,  # LPIPS needs downloaded network weights: unavailable offline
         "frac_above_floor6": float((arr >= floor_row + 6).mean()),
         # images reconstructed at or above that PSNR, over all victims' images (an unmatched one failed)
         "frac_recovered": float((arr >= cfg.report.recovered_db).sum() / len(all_truth)),

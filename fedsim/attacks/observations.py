@@ -26,7 +26,7 @@ from torch import nn
 from ..core.params import ParamSpec
 from ..data import Split
 from ..local.reference import Job, job_seed, train_cohort
-from .defenses import DefenseConfig, apply_defense, central_noise
+from .defenses import DefenseConfig, apply_defense, central_noise, soteria_stage
 from ..inversion.functional import flat_grad
 from ..inversion.observation import Observation
 
@@ -101,7 +101,10 @@ def observe(model: nn.Module, params: torch.Tensor, clients: list[tuple[torch.Te
         else:
             update = fedavg_update(model, params, x, y, local_steps=steps, lr=lr,
                                    batch_size=local_batch_size, seed=job_seed(seed, 0, k))
-        message, mask, _ = apply_defense(update, defense, spec, gen)
+        if defense.name == "soteria":
+            message, mask = soteria_stage(update, model, params, x, defense)
+        else:
+            message, mask, _ = apply_defense(update, defense, spec, gen)
         sent.append(message)
         masks.append(mask)
     n = len(clients)

@@ -21,8 +21,8 @@ import torch  # noqa: E402
 __all__ = ["markdown_table", "plot_grid", "write_outputs", "write_results_json"]
 
 _COLUMNS = ("attack | threat | model | defense | B | N | images | labels | label acc | PSNR mean ± std "
-            "| 95% interval (trials) | median / max | SSIM | ≥ floor+6 dB | recovered (≥ 20 dB) | floor | ε (δ) "
-            "| utility acc | time (s)")
+            "| 95% interval (trials) | median / max | SSIM | MS-SSIM | ≥ floor+6 dB | recovered (≥ 20 dB) | floor | ε (δ) "
+            "| utility acc | time (s) | steps run")
 
 
 def _states(rows: list[dict]) -> str:
@@ -53,12 +53,13 @@ def markdown_table(rows: list[dict], meta: dict) -> str:
              f"{meta.get('floor_psnr_dataset', float('nan')):.2f} dB over the {meta.get('pool')}-image "
              "pool; each row's `floor` is the same constant scored on that row's images. "
              f"An attack within 1-2 dB of its floor failed. Model state: {_states(rows)}; PSNR/SSIM in "
-             "[0, 1] pixel space after Hungarian matching; LPIPS n/a (offline).", "",
+             "[0, 1] pixel space after Hungarian matching; MS-SSIM at 3 scales (see fedsim.attacks.metrics); "
+             "LPIPS n/a (needs downloaded weights).", "",
              "| " + _COLUMNS + " |", "|" + "---|" * len(_COLUMNS.split("|"))]
     for r in rows:
         if r.get("error"):
             lines.append(f"| {r['attack']} | | {r.get('model', '')} | {r['defense']} | {r['batch_size']} | "
-                         f"{r['clients']} | {r['num_images']} | error: {r['error']} |" + " |" * 11)
+                         f"{r['clients']} | {r['num_images']} | error: {r['error']} |" + " |" * 13)
             continue
         eps = "–" if r.get("epsilon") is None else f"{r['epsilon']:.3g} ({r['delta']:g})"
         lines.append(
@@ -66,8 +67,9 @@ def markdown_table(rows: list[dict], meta: dict) -> str:
             f"{r['clients']} | {r['num_images']} × {r['trials']} | {r['labels']} | "
             f"{r['label_accuracy']:.2f} | {r['psnr_mean']:.2f} ± {r['psnr_std']:.2f} | {_interval(r)} | "
             f"{r['psnr_median']:.1f} / {r['psnr_max']:.1f} | {_f(r['ssim_mean'], '{:.3f}')} | "
+            f"{_f(r.get('ms_ssim_mean'), '{:.3f}')} | "
             f"{r['frac_above_floor6']:.2f} | {_f(r.get('frac_recovered'))} | {r['floor_psnr']:.2f} | {eps} | "
-            f"{_f(r.get('utility_accuracy'), '{:.3f}')} | {r['runtime']:.1f} |")
+            f"{_f(r.get('utility_accuracy'), '{:.3f}')} | {r['runtime']:.1f} | {_f(r.get('steps_run'), '{:.0f}')} |")
     return "\n".join(lines) + "\n"
 
 

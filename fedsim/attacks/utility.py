@@ -6,8 +6,9 @@ round loop (``fedsim.runtime``), the client handler and its trainer (``fedsim.lo
 strategy with uniform weights and server rate 1 (McMahan et al. 2017, arXiv 1602.05629, Alg. 1).
 Each of ``clients`` clients owns a fixed IID shard and trains every round (full participation);
 the defense is a client stage (``DefendedClients``): every update a client sends passes through the
-same per-client stage the attacks saw (EF21 keeps each client's state across rounds). Under secure
-aggregation the server's sum divided by the group size is the same mean.
+same per-client stage the attacks saw (EF21 keeps each client's state across rounds; Soteria scores
+its features on the client's whole shard at the model it received). Under secure aggregation the
+server's sum divided by the group size is the same mean.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from ..runtime import protocol as P
 from ..runtime.inprocess import InProcessGrid
 from ..runtime.loop import run_rounds
 from ..strategies import FedAvgStrategy
-from .defenses import DefenseConfig, apply_defense
+from .defenses import DefenseConfig, apply_defense, soteria_stage
 from .models import build_attack_model
 
 __all__ = ["DefendedClients", "train_federation"]
@@ -34,8 +35,10 @@ __all__ = ["DefendedClients", "train_federation"]
 class DefendedClients:
     """A client handler whose every TRAIN answer passes through a defense's per-client stage."""
 
-    def __init__(self, handler, defense: DefenseConfig, spec: ParamSpec, seed: int):
+    def __init__(self, handler, defense: DefenseConfig, spec: ParamSpec, seed: int, *, model=None, data=None,
+                 shards=None):
         self.handler, self.defense, self.spec = handler, defense, spec
+        self.model, self.data, self.shards = model, data, shards  # Soteria's: the architecture, each client's data
         self.gen = torch.Generator().manual_seed(seed + 1)  # the defenses' noise, drawn client by client
         self.ef_state: dict[int, torch.Tensor | None] = {}
 
@@ -44,12 +47,18 @@ class DefendedClients:
 
     def train(self, messages, contexts):
         replies = self.handler.train(messages, contexts)
-        for reply in replies:
+        for msg, reply in zip(messages, replies):
             if reply.has_error():
                 continue
             cid = int(reply.content[P.METRICS]["partition-id"])
-            sent, _, self.ef_state[cid] = apply_defense(P.read_flat(reply.content[P.UPDATE]), self.defense, self.spec,
-                                                        self.gen, self.ef_state.get(cid))
+            update = P.read_flat(reply.content[P.UPDATE])
+            if self.defense.name == "soteria":
+                params = self.spec.flatten(msg.content[P.ARRAYS].to_torch_state_dict())
+                x = self.data.x[torch.as_tensor(self.shards[cid])]
+                sent, _ = soteria_stage(update, self.model, params, x, self.defense)
+            else:
+                sent, _, self.ef_state[cid] = apply_defense(update, self.defense, self.spec, self.gen,
+                                                            self.ef_state.get(cid))
             reply.content[P.UPDATE] = P.flat_record(sent)
         return replies
 
@@ -69,7 +78,7 @@ def train_federation(dataset: str, data_dir: str | None, model_name: str, defens
     shards = [perm[k * samples_per_client:(k + 1) * samples_per_client].numpy() for k in range(clients)]
     steps = local_steps * (defense.local_steps if defense.name == "local-steps" else 1)
     handler = DefendedClients(ClientHandler(copy.deepcopy(model), ds.train, shards, trainer="sequential"),
-                              defense, spec, seed)
+                              defense, spec, seed, model=copy.deepcopy(model), data=ds.train, shards=shards)
     participation = build_participation("full", clients, seed=seed, local_steps=steps)
     # dp-sgd is private training, not a message stage: the clients train with DP-SGD (the handler's Opacus path)
     private = {"example_dp": {"noise_multiplier": defense.noise_multiplier, "clip_norm": defense.clip,
