@@ -103,7 +103,8 @@ class AttackRunConfig:
     trials: int = 1
     threads: int = 1
     # the model the victims train on: "init" (at initialisation), or "round-R": the global model after
-    # R rounds of a real FedAvg federation with the cell's defense in place (utility.* sets its clients)
+    # R rounds of a real FedAvg federation with the cell's defense in place (utility.* sets its clients);
+    # imprint rows always attack the malicious server's own model (state "malicious model")
     state: str = "init"
     data: AttackDataConfig = field(default_factory=AttackDataConfig)
     model: AttackModelConfig = field(default_factory=AttackModelConfig)

@@ -16,6 +16,7 @@ carries the no-information floor of its own images beside its PSNR.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
@@ -111,9 +112,9 @@ def _cell(cfg: AttackRunConfig, pool: Pool, attack: str, defense: DefenseConfig,
     gives ``state = "round-R"`` its model and the row its utility."""
     model_name = cfg.model_for(attack)
     at_round, utility = None, None
-    if cfg.train_rounds:
-        if attack == "imprint":
-            raise ValueError("the imprint attack sends its own malicious model: use state = 'init'")
+    # the imprint attacker sends its own malicious model whatever the federation's state: its rows say so
+    state = "malicious model" if attack == "imprint" else cfg.state
+    if cfg.train_rounds and attack != "imprint":
         if cfg.data.name == "photos":
             raise ValueError("state 'round-R' trains a federation: the photos pool has no training split")
         utility, at_round = federation(model_name, defense)
@@ -173,7 +174,7 @@ def _cell(cfg: AttackRunConfig, pool: Pool, attack: str, defense: DefenseConfig,
     arr = np.asarray(psnrs)
     eps = _epsilon(defense, cfg, attack, b, steps)
     row = {
-        "dataset": cfg.data.name, "model": model_name, "state": cfg.state, "threat": threat,
+        "dataset": cfg.data.name, "model": model_name, "state": state, "threat": threat,
         "attack": attack, "defense": defense.display, "defense_name": defense.name,
         "defense_params": defense.params(), "clients": defense.clients, "batch_size": b,
         "num_images": defense.clients * b, "local_steps": steps,
@@ -235,7 +236,8 @@ def evaluate(cfg: AttackRunConfig, *, progress: bool = True, on_row=None, federa
     def federation(model_name: str, defense: DefenseConfig) -> tuple[float | None, torch.Tensor | None]:
         """One FedAvg run per (model, defense), cached: its final test accuracy (the utility column)
         and, for ``state = "round-R"``, its global model after round R (leakage and utility of one run)."""
-        key = (model_name, defense.display)
+        # the defense as the clients apply it: an adaptive attacker changes nothing in training
+        key = (model_name, dataclasses.replace(defense, adaptive=False, label="").display)
         if key not in federations:
             u = cfg.utility
             federations[key] = train_federation(

@@ -27,7 +27,8 @@ _COLUMNS = ("attack | threat | model | defense | B | N | images | labels | label
 
 def _states(rows: list[dict]) -> str:
     states = sorted({r.get("state", "init") for r in rows if not r.get("error")}) or ["init"]
-    return ", ".join("at initialisation" if s == "init" else f"after {s[6:]} FedAvg rounds" for s in states)
+    return ", ".join("at initialisation" if s == "init" else f"after {s[6:]} FedAvg rounds" if s.startswith("round-")
+                     else s for s in states)
 
 
 def _attack_name(r: dict) -> str:
