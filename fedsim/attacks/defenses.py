@@ -193,6 +193,9 @@ def soteria_mask(model: torch.nn.Module, params: torch.Tensor, x: torch.Tensor, 
 
     from ..inversion.layers import last_linear
 
+    if any(True for _ in model.buffers()):
+        raise NotImplementedError("soteria scores features per sample: a model with BatchNorm (batch statistics) "
+                                  "is not supported")
     spec = ParamSpec.of(model)
     weight_name, _ = last_linear(model)
     layer = dict(model.named_modules())[weight_name.rsplit(".", 1)[0]]

@@ -9,7 +9,9 @@ which both DLG's optimisation and iDLG's label rule rely on. Everything else com
 CPA; ``cnn`` is the small ReLU CNN for IG and SME). ``cnn-sme`` is SME's ``CNNmnist`` (Zhu, Yao, Blaschko, ICML 2023; reference
 ``JunyiZhu-AI/surrogate_model_extension`` ``models/mnistCNN.py``): 3x3 convolutions with 32 and 64
 channels (padding 1), ReLU, 2x2 average pooling after each, then FC 100, ReLU, FC to the classes;
-PyTorch's default initialisation from the seed.
+PyTorch's default initialisation from the seed. ``cnn-bn`` is the same network with BatchNorm after
+each convolution (ours, the BatchNorm model of the evaluation): victims and attacker run it in
+train mode (batch statistics), and a multi-step update carries the running statistics' change.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from ..models import MODELS, build_model, seeded
 
 __all__ = ["ATTACK_MODELS", "build_attack_model"]
 
-ATTACK_MODELS = ("lenet-sigmoid", "cnn-sme") + tuple(m for m in MODELS if m != "char-lstm")
+ATTACK_MODELS = ("lenet-sigmoid", "cnn-sme", "cnn-bn") + tuple(m for m in MODELS if m != "char-lstm")
 
 
 def build_attack_model(name: str, input_shape: tuple, num_classes: int, *, seed: int) -> nn.Module:
@@ -29,8 +31,8 @@ def build_attack_model(name: str, input_shape: tuple, num_classes: int, *, seed:
     if name == "lenet-sigmoid":
         gen = torch.Generator().manual_seed(seed)
         return _lenet_sigmoid(tuple(int(s) for s in input_shape), num_classes, gen)
-    if name == "cnn-sme":
-        return seeded(seed, lambda: _cnn_sme(tuple(int(s) for s in input_shape), num_classes))
+    if name in ("cnn-sme", "cnn-bn"):
+        return seeded(seed, lambda: _cnn_sme(tuple(int(s) for s in input_shape), num_classes, bn=name == "cnn-bn"))
     if name not in ATTACK_MODELS:
         raise ValueError(f"unknown attack model {name!r}; known: {', '.join(ATTACK_MODELS)}")
     return build_model(name, input_shape, num_classes, seed=seed)
@@ -52,11 +54,16 @@ def _lenet_sigmoid(shape: tuple, classes: int, gen: torch.Generator) -> nn.Modul
     return model
 
 
-def _cnn_sme(shape: tuple, classes: int) -> nn.Module:
+def _cnn_sme(shape: tuple, classes: int, bn: bool = False) -> nn.Module:
     if len(shape) != 3:
-        raise ValueError(f"cnn-sme needs an image input_shape (C, H, W), got {shape}")
-    body = nn.Sequential(nn.Conv2d(shape[0], 32, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
-                         nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten())
+        raise ValueError(f"cnn-sme and cnn-bn need an image input_shape (C, H, W), got {shape}")
+
+    def norm(channels: int) -> list:
+        return [nn.BatchNorm2d(channels)] if bn else []
+
+    body = nn.Sequential(nn.Conv2d(shape[0], 32, 3, padding=1), *norm(32), nn.ReLU(), nn.AvgPool2d(2),
+                         nn.Conv2d(32, 64, 3, padding=1), *norm(64), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten())
+    body.eval()  # sizing pass: leave the fresh running statistics untouched
     with torch.no_grad():
         flat = body(torch.zeros(1, *shape)).numel()
-    return nn.Sequential(*body, nn.Linear(flat, 100), nn.ReLU(), nn.Linear(100, classes))
+    return nn.Sequential(*body, nn.Linear(flat, 100), nn.ReLU(), nn.Linear(100, classes)).train()

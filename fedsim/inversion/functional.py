@@ -41,6 +41,9 @@ def flat_grad(model: nn.Module, spec: ParamSpec, params: torch.Tensor, x: torch.
     differentiable with respect to it too when ``create_graph`` is set."""
     leaf = params if params.requires_grad else params.detach().clone().requires_grad_(True)
     named = spec.unflatten(leaf)
+    buffers = {name for name, _ in model.named_buffers()}
+    if buffers:  # BatchNorm in train mode updates its running statistics in place: give it copies, not the leaf
+        named = {k: v.detach().clone() if k in buffers else v for k, v in named.items()}
     loss = cross_entropy(functional_call(model, named, (x,)), target)
     (g,) = torch.autograd.grad(loss, leaf, create_graph=create_graph)
     return g

@@ -143,3 +143,27 @@ def test_ms_ssim_three_scales_ranks_noise_and_skips_small_images():
     assert metrics.ms_ssim(truth[..., :20, :20], truth[..., :20, :20]) is None
     rgb = torch.rand(2, 3, 32, 32, generator=gen)
     assert metrics.ms_ssim(rgb, rgb).shape == (2,)
+
+
+def test_batchnorm_model_attacks_in_train_mode_and_its_update_carries_running_statistics(pool):
+    from fedsim.attacks.inverting import SMEConfig, sme
+    from fedsim.inversion.functional import flat_grad
+
+    (u, y), = sample_clients(pool, 1, 4, torch.Generator().manual_seed(0))
+    x = pool.normalizer.to_model(u)
+    model = build_attack_model("cnn-bn", pool.input_shape, 10, seed=0)
+    assert model.training and any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    spec = ParamSpec.of(model)
+    params = spec.flatten(model.state_dict())
+    before = params.clone()
+    g = flat_grad(model, spec, params, x, y, create_graph=True)  # the attacker's double backprop
+    assert torch.equal(params, before) and torch.isfinite(g).all()
+    obs = observe(model, params, [(x, y)], lr=0.01, local_steps=3, local_batch_size=0, view="update",
+                  defense=DefenseConfig(), gen=torch.Generator(), seed=0)
+    stats = spec.unflatten(obs.value)["1.running_mean"]  # the first BatchNorm's batch means leak in the update
+    assert stats.abs().sum() > 0
+    rec, _ = sme(model, obs, input_shape=pool.input_shape, labels=y, cfg=SMEConfig(steps=3),
+                 gen=torch.Generator().manual_seed(0), box=pool.normalizer.box)
+    assert rec.shape == x.shape and torch.isfinite(rec).all()
+    with pytest.raises(NotImplementedError, match="BatchNorm"):
+        soteria_mask(model, params, x, 0.5)
