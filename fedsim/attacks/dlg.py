@@ -32,7 +32,7 @@ __all__ = ["DLGConfig", "dlg"]
 @dataclass(frozen=True)
 class DLGConfig:
     model: str = "lenet-sigmoid"
-    evals: int = 500           # budget: gradient evaluations (forward + double backward)
+    evals: int = 1000          # budget: gradient evaluations (forward + double backward); L-BFGS often stops sooner
     max_iter: int = 20         # L-BFGS iterations per ``optimizer.step`` call (torch's default)
     lr: float = 1.0
     history_size: int = 100

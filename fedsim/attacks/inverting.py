@@ -38,7 +38,7 @@ __all__ = ["IGConfig", "SMEConfig", "UnrolledConfig", "ig", "ig_schedule", "inve
 @dataclass(frozen=True)
 class IGConfig:
     model: str = "cnn"
-    steps: int = 300
+    steps: int = 1000          # the knee of the budget curve (fedsim bench attack); SME's own budget
     lr: float = 0.1
     tv: float = 1e-2
     restarts: int = 1
