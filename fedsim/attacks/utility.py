@@ -7,7 +7,8 @@ strategy with uniform weights and server rate 1 (McMahan et al. 2017, arXiv 1602
 Each of ``clients`` clients owns a fixed IID shard and trains every round (full participation);
 the defense is a client stage (``DefendedClients``): every update a client sends passes through the
 same per-client stage the attacks saw (EF21 keeps each client's state across rounds; Soteria scores
-its features on the client's whole shard at the model it received). Under secure aggregation the
+its features on the first 8 images of the client's shard at the model it received: the paper scores
+the batch it defends; 8 keeps the per-feature Jacobians affordable on a CPU -- ours). Under secure aggregation the
 server's sum divided by the group size is the same mean.
 """
 
@@ -36,9 +37,10 @@ class DefendedClients:
     """A client handler whose every TRAIN answer passes through a defense's per-client stage."""
 
     def __init__(self, handler, defense: DefenseConfig, spec: ParamSpec, seed: int, *, model=None, data=None,
-                 shards=None):
+                 shards=None, score_samples: int = 32):
         self.handler, self.defense, self.spec = handler, defense, spec
-        self.model, self.data, self.shards = model, data, shards  # Soteria's: the architecture, each client's data
+        # Soteria's: the architecture, each client's data and how many of its images score the features
+        self.model, self.data, self.shards, self.score_samples = model, data, shards, score_samples
         self.gen = torch.Generator().manual_seed(seed + 1)  # the defenses' noise, drawn client by client
         self.ef_state: dict[int, torch.Tensor | None] = {}
 
@@ -54,7 +56,7 @@ class DefendedClients:
             update = P.read_flat(reply.content[P.UPDATE])
             if self.defense.name == "soteria":
                 params = self.spec.flatten(msg.content[P.ARRAYS].to_torch_state_dict())
-                x = self.data.x[torch.as_tensor(self.shards[cid])]
+                x = self.data.x[torch.as_tensor(self.shards[cid][:self.score_samples])]
                 sent, _ = soteria_stage(update, self.model, params, x, self.defense)
             else:
                 sent, _, self.ef_state[cid] = apply_defense(update, self.defense, self.spec, self.gen,
@@ -78,7 +80,8 @@ def train_federation(dataset: str, data_dir: str | None, model_name: str, defens
     shards = [perm[k * samples_per_client:(k + 1) * samples_per_client].numpy() for k in range(clients)]
     steps = local_steps * (defense.local_steps if defense.name == "local-steps" else 1)
     handler = DefendedClients(ClientHandler(copy.deepcopy(model), ds.train, shards, trainer="sequential"),
-                              defense, spec, seed, model=copy.deepcopy(model), data=ds.train, shards=shards)
+                              defense, spec, seed, model=copy.deepcopy(model), data=ds.train, shards=shards,
+                              score_samples=min(batch_size, 8))
     participation = build_participation("full", clients, seed=seed, local_steps=steps)
     # dp-sgd is private training, not a message stage: the clients train with DP-SGD (the handler's Opacus path)
     private = {"example_dp": {"noise_multiplier": defense.noise_multiplier, "clip_norm": defense.clip,
