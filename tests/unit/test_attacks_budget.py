@@ -167,3 +167,19 @@ def test_batchnorm_model_attacks_in_train_mode_and_its_update_carries_running_st
     assert rec.shape == x.shape and torch.isfinite(rec).all()
     with pytest.raises(NotImplementedError, match="BatchNorm"):
         soteria_mask(model, params, x, 0.5)
+
+
+@pytest.mark.slow  # ~7 s: a Soteria federation scores features with per-sample Jacobians
+def test_trained_grid_soteria_federation_is_shared_and_imprint_rows_attack_their_own_model():
+    cfg = load_attack_config("grid-smoke", ['grid.attacks=["ig", "imprint"]', "grid.batch_sizes=[1]",
+                                            'grid.defenses=[{name="soteria", prune_ratio=0.5}, '
+                                            '{name="soteria", prune_ratio=0.5, adaptive=true}]',
+                                            "state=round-1", "utility.rounds=1", "attack.ig.steps=2", "data.pool=50"])
+    federations: dict = {}
+    rows, _, _ = evaluate(cfg, progress=False, federations=federations)
+    assert len(federations) == 1  # the adaptive attacker changes nothing in training: one federation serves both
+    ig_rows = [r for r in rows if r["attack"] == "ig"]
+    assert all(r["error"] is None and r["state"] == "round-1" for r in ig_rows)
+    assert ig_rows[0]["utility_accuracy"] == ig_rows[1]["utility_accuracy"] is not None
+    imprint_rows = [r for r in rows if r["attack"] == "imprint"]
+    assert all(r["error"] is None and r["state"] == "malicious model" for r in imprint_rows)
