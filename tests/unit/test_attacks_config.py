@@ -10,7 +10,8 @@ from fedsim.config import preset_names
 
 def test_every_attack_preset_loads_and_main_presets_are_untouched():
     names = attack_preset_names()
-    for name in ("dlg-fmnist", "grid-smoke", "grid-fmnist"):
+    for name in ("dlg-fmnist", "grid-smoke", "grid-fmnist", "dlg-paper", "ig-paper", "sme-paper", "grid-fmnist-trained",
+                 "grid-photos"):
         assert name in names
     for name in names:
         load_attack_config(name)
