@@ -78,12 +78,12 @@ def bench_attack(preset: str, attacks: list[str], budgets: list[int], batch_size
                                           f"trials={trials}", "utility.rounds=0", f"attack.{fam}.{key}={budget}",
                                           f"attack.{fam}.plateau_steps={stop}"])
         cfg = _first_defense(cfg)
-        (row,), _, meta = evaluate(cfg, progress=False, federations=federations)
+        (row,), _, _ = evaluate(cfg, progress=False, federations=federations)
         if row.get("error"):
             raise RuntimeError(f"{attack} at budget {budget}: {row['error']}")
         p = {"attack": attack, "budget": budget, "stop": stop, "steps_run": row["steps_run"],
              "psnr_mean": row["psnr_mean"], "psnr_ci95": row["psnr_ci95"], "trial_means": row["psnr_trial_means"],
-             "ssim_mean": row["ssim_mean"], "floor_psnr": row["floor_psnr"], "defense": row["defense"],
+             "ssim_mean": row["ssim_mean"], "ms_ssim_mean": row["ms_ssim_mean"], "floor_psnr": row["floor_psnr"], "defense": row["defense"],
              "state": row["state"], "model": row["model"], "seconds_per_trial": row["runtime"] / trials}
         result["points"].append(p)
         (out / "budget.json").write_text(json.dumps(result, indent=2))
