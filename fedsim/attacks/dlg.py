@@ -96,7 +96,7 @@ def _run(model, spec, obs, x, y_logits, labels, cfg):
         loss.backward()
         return loss
 
-    while state["evals"] < cfg.evals:
+    while state["evals"] < cfg.evals:  # a strong-Wolfe line search may end a few evaluations past the cap
         before = state["evals"]
         remaining = cfg.evals - before
         opt.param_groups[0]["max_iter"] = min(cfg.max_iter, remaining)
