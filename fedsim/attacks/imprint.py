@@ -71,5 +71,8 @@ def imprint(model: nn.Module, obs: Observation, *, input_shape: tuple, rel_tol: 
     d_w = g_w - torch.cat([g_w[1:], zero_w])                          # the samples of bin i alone
     d_b = g_b - torch.cat([g_b[1:], zero_b])
     keep = d_b.abs() > rel_tol * g_b.abs().max().clamp_min(1e-30)
+    if not bool(keep.any()):
+        raise ValueError("the imprint attack recovered nothing: the observed imprint-layer bias gradient is all "
+                         "zero (e.g. dropped by top-k), so no bin isolates an image")
     x = (d_w[keep] / d_b[keep, None]).float()
     return x.reshape(-1, *input_shape), {"bins_used": int(keep.sum())}

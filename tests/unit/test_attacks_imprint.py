@@ -1,6 +1,7 @@
 """The imprint attack (Fowl et al., arXiv 2110.13057): images alone in their bin come back exactly,
 from one client's gradient or from a secure aggregate of many."""
 
+import pytest
 import torch
 
 from fedsim.attacks.defenses import DefenseConfig
@@ -32,3 +33,14 @@ def test_single_images_in_their_own_bins_are_recovered_exactly_even_under_secure
     assert together >= 0.75  # measured 0.83: the rest share a bin with another image
     few_bins, _ = _recovered(clients, bins=8, secagg=True)
     assert few_bins < together  # more images than bins: collisions (measured 0.04)
+
+
+def test_imprint_says_it_recovered_nothing_when_the_bias_gradient_is_gone():
+    from fedsim.inversion.observation import Observation
+
+    model = imprint_model((1, 4, 4), 3, 8, torch.rand(50, 1, 4, 4), seed=0)
+    dim = ParamSpec.of(model).dim
+    obs = Observation(threat="T1", kind="gradient", params=torch.zeros(dim), value=torch.zeros(dim), num_samples=2,
+                      num_clients=1, batch_size=2, lr=0.1, local_steps=1)
+    with pytest.raises(ValueError, match="recovered nothing"):  # a clear error, not a reshape failure
+        imprint(model, obs, input_shape=(1, 4, 4))
