@@ -2,7 +2,7 @@
 (plus ``examples.pt``, the figure's images, so it can be re-plotted).
 
 The table has one row per attack x defense x batch size, with the floor
-of the same images beside every PSNR. The figure puts the originals above the reconstructions,
+of the same images beside every PSNR. The figure puts the originals first and then one block per cell, wrapped into rows,
 one column per image, each reconstruction captioned with its PSNR (and recovered label).
 """
 
@@ -83,69 +83,52 @@ def _show(ax, img: np.ndarray) -> None:
     ax.set_yticks([])
 
 
-def plot_grid(examples: list, path: Path, title: str = "") -> None:
-    """Rows: the originals, then one row per example (cell); columns: images; captions: PSNR.
+def plot_grid(examples: list, path: Path, title: str = "", images_per_row: int = 16) -> None:
+    """Blocks wrapped into rows: first the originals, then one block per example (cell), each block one
+    column per image with its reconstructions placed under the original they were matched to, the cell
+    named above its block and every image captioned with its PSNR (and recovered label).
 
-    All examples are expected to share their originals (same batch size and trials); each
-    example's reconstructions are placed under the original they were matched to."""
+    At most ``images_per_row`` images (and at most 6 blocks) share a row, so the figure stays wide and
+    legible at any batch size and number of trials; the title is wrapped to the figure's width and
+    given its own space."""
+    import math
+    import textwrap
+
     examples = [e for e in examples if e.truth]
     if not examples:
         return
     cols = max(len(e.truth) for e in examples)
     ref = max(examples, key=lambda e: len(e.truth)).truth
-    if cols == 1:  # one image per cell (B = 1): tiles in rows, not one tall column
-        _plot_tiles(examples, ref[0], path, title)
-        return
-    height = 1.35 * (len(examples) + 1) + 0.6
-    fig, axes = plt.subplots(len(examples) + 1, cols, figsize=(1.25 * cols + 1.6, height), squeeze=False)
-    for j in range(cols):
-        _show(axes[0, j], ref[j].numpy())
-        axes[0, j].set_title("original", fontsize=7)
-    axes[0, 0].set_ylabel("truth", fontsize=7)
-    for i, e in enumerate(examples, start=1):
-        for j in range(cols):
-            ax = axes[i, j]
-            if j < len(e.recon):
-                _show(ax, e.recon[j].numpy())
-                lab = "" if e.label[j] is None else f" y={e.label[j]}"
-                ax.set_title(f"{e.psnr[j]:.1f} dB{lab}", fontsize=7)
-            else:
-                ax.axis("off")
-        axes[i, 0].set_ylabel(e.title.replace(" / B=", "\nB="), fontsize=6)
-    if title:
-        fig.suptitle(title, fontsize=8)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / height))  # keep the title clear of the first row
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _plot_tiles(examples: list, original, path: Path, title: str, per_row: int = 6) -> None:
-    """B = 1: the original, then each cell's reconstruction with its cell name and PSNR, ``per_row`` a row."""
-    import math
-    import textwrap
-
-    n = len(examples) + 1
-    cols = min(per_row, n)
-    rows = math.ceil(n / cols)
-    width = max(1.9 * cols, 6.0)
-    height = 2.6 * rows + 0.7
-    fig, axes = plt.subplots(rows, cols, figsize=(width, height), squeeze=False)
+    blocks = [("originals", list(ref), [None] * len(ref))]
+    for e in examples:
+        captions = [f"{e.psnr[j]:.1f} dB" + ("" if e.label[j] is None else f" y={e.label[j]}")
+                    for j in range(len(e.recon))]
+        blocks.append((e.title, list(e.recon), captions))
+    per_row = max(1, min(6, images_per_row // cols))
+    rows = math.ceil(len(blocks) / per_row)
+    cell_in, row_in = 1.05, 1.75  # inches per image; per block row (image, name above, caption below)
+    width = max(per_row * cols * cell_in + 0.4, 6.0)
+    wrapped = "\n".join(textwrap.wrap(title, max(30, int(width * 13)))) if title else ""
+    title_in = 0.25 + 0.17 * (wrapped.count("\n") + 1) if title else 0.1
+    height = rows * row_in + title_in
+    fig, axes = plt.subplots(rows, per_row * cols, figsize=(width, height), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    _show(axes[0, 0], original.numpy())
-    axes[0, 0].axis("on")
-    axes[0, 0].set_title("original", fontsize=7)
-    for k, e in enumerate(examples, start=1):
-        ax = axes[k // cols, k % cols]
-        if e.recon:
-            _show(ax, e.recon[0].numpy())
+    for k, (name, images, captions) in enumerate(blocks):
+        r, c0 = divmod(k, per_row)
+        for j in range(cols):
+            ax = axes[r, c0 * cols + j]
+            if j >= len(images):
+                continue
+            _show(ax, images[j].numpy())
             ax.axis("on")
-            lab = "" if e.label[0] is None else f" y={e.label[0]}"
-            ax.set_title("\n".join(textwrap.wrap(e.title.replace(" / B=1", ""), 28)) + f"\n{e.psnr[0]:.1f} dB{lab}",
-                         fontsize=6)
-    if title:
-        fig.suptitle("\n".join(textwrap.wrap(title, int(width * 14))), fontsize=8)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / height), h_pad=1.2)
+            ax.set_xlabel("original" if captions[j] is None else captions[j], fontsize=6, labelpad=2)
+        axes[r, c0 * cols].set_title("\n".join(textwrap.wrap(name.replace(" / B=", ", B="), max(14, int(cols * cell_in * 14)))),
+                                     fontsize=6, loc="left")
+    if wrapped:
+        fig.suptitle(wrapped, fontsize=8, y=1 - 0.08 / height, va="top")
+    fig.subplots_adjust(left=0.2 / width, right=1 - 0.2 / width, bottom=0.3 / height, top=1 - title_in / height,
+                        wspace=0.08, hspace=0.75)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -167,5 +150,5 @@ def write_outputs(out: Path, rows: list[dict], examples: list, meta: dict, confi
     for b in sizes:
         chosen = [e for r, e in zip(rows, examples) if r["batch_size"] == b]
         name = "grid.png" if b == grid_batch_size else f"grid_b{b}.png"
-        plot_grid(chosen, out / name, f"{meta.get('dataset')}: originals (top) and reconstructions, "
+        plot_grid(chosen, out / name, f"{meta.get('dataset')}: originals (first block) and reconstructions, "
                                       f"B = {b} per client (first images of the trials)")
