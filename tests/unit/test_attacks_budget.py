@@ -162,6 +162,9 @@ def test_batchnorm_model_attacks_in_train_mode_and_its_update_carries_running_st
                   defense=DefenseConfig(), gen=torch.Generator(), seed=0)
     stats = spec.unflatten(obs.value)["1.running_mean"]  # the first BatchNorm's batch means leak in the update
     assert stats.abs().sum() > 0
+    matched = spec.unflatten(obs.mask)  # but the attacker matches parameters only: statistics are no gradient
+    assert not matched["1.running_mean"].any() and not matched["1.num_batches_tracked"].any()
+    assert matched["0.weight"].all()
     rec, _ = sme(model, obs, input_shape=pool.input_shape, labels=y, cfg=SMEConfig(steps=3),
                  gen=torch.Generator().manual_seed(0), box=pool.normalizer.box)
     assert rec.shape == x.shape and torch.isfinite(rec).all()
