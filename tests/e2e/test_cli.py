@@ -96,6 +96,7 @@ def test_malformed_toml_and_bad_checkpoint_are_reported(tmp_path, capsys):
     assert "unreadable" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # ~7 s: a whole comparison; seeds and arms are also covered by tests/unit/test_seeds.py
 def test_comparison_runs_every_arm_and_one_arm_on_request(tmp_path, config_file):
     raw = tiny_config(rounds=3)
     raw["arms"] = {"fedavg": {"strategy": {"name": "fedavg"}}, "fedau": {"strategy": {"name": "fedau"}}}

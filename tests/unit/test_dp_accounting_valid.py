@@ -45,6 +45,7 @@ def test_uniform_fixed_size_cohorts_are_accounted_without_replacement(tmp_path, 
     assert summary["sampling_scheme"] == "without replacement (10 of 100)"
 
 
+@pytest.mark.slow  # ~3.5 s: a calibration search
 def test_without_replacement_calibration_reaches_its_target():
     from fedsim.privacy.accounting import wor_epsilon, wor_noise_multiplier_for
 

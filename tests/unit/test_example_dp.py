@@ -102,7 +102,7 @@ def test_opacus_module_prefix_is_reconciled():
 
 
 @pytest.mark.parametrize("sampling,accountant,says", [
-    ("shuffle", "rdp", "approximation"), ("poisson", "rdp", "poisson minibatches"), ("poisson", "prv", "poisson minibatches")])
+    ("shuffle", "rdp", "approximation"), ("poisson", "rdp", "poisson minibatches"), pytest.param("poisson", "prv", "poisson minibatches", marks=pytest.mark.slow)])  # ~4 s: the PRV accountant
 def test_every_output_names_its_sampling_and_accountant(tmp_path, sampling, accountant, says):
     import json
 
