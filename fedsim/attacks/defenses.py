@@ -25,7 +25,7 @@ Each stage is a pure function of the flat update ``[D]`` (plus explicit state an
   (the features whose perturbation moves the reconstruction most per unit of change). The score,
   the 0.1 and the percentile threshold follow the reference code. Ours: on a multi-step update the
   mask is computed once at the model the client received and applied to the whole update; the
-  utility run computes it on the client's shard. Known break (Balunovic et al., ICLR 2022): an
+  utility run computes it on 8 images of the client's shard (``fedsim.attacks.utility``). Known break (Balunovic et al., ICLR 2022): an
   attacker that knows the defended layer matches without it -- ``adaptive = true`` gives the attacker
   that knowledge (its matching mask drops the layer's weight).
 * ``secagg`` -- no per-client stage; the server sees only the sum over ``clients`` clients
@@ -53,6 +53,7 @@ from ..core.clipping import clip_vector
 from ..core.compression import make_compressor
 from ..core.error_feedback import ef21_step
 from ..core.params import ParamSpec
+from ..inversion.layers import last_linear
 
 __all__ = ["DEFENSES", "DefenseConfig", "apply_defense", "central_noise", "clip_update", "dp_epsilon",
            "gaussian_noise", "prune_layers", "soteria_mask", "soteria_stage", "top_k"]
@@ -191,8 +192,6 @@ def soteria_mask(model: torch.nn.Module, params: torch.Tensor, x: torch.Tensor, 
     0 on the last linear layer's weight columns of the pruned representation features."""
     from torch.func import functional_call, jacrev, vmap
 
-    from ..inversion.layers import last_linear
-
     if any(True for _ in model.buffers()):
         raise NotImplementedError("soteria scores features per sample: a model with BatchNorm (batch statistics) "
                                   "is not supported")
@@ -232,9 +231,4 @@ def soteria_stage(update: torch.Tensor, model: torch.nn.Module, params: torch.Te
     sent = update * soteria_mask(model, params, x, defense.prune_ratio)
     if not defense.adaptive:
         return sent, None
-    from ..inversion.layers import last_linear
-
-    spec = ParamSpec.of(model)
-    keep = torch.ones(spec.dim, dtype=torch.bool)
-    spec.unflatten(keep)[last_linear(model)[0]].fill_(False)
-    return sent, keep
+    return sent, ParamSpec.of(model).mask_excluding([last_linear(model)[0]])

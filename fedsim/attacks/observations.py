@@ -110,12 +110,9 @@ def observe(model: nn.Module, params: torch.Tensor, clients: list[tuple[torch.Te
     n = len(clients)
     total = secure_sum(torch.stack(sent)) if n > 1 else sent[0]
     mask = None if masks[0] is None else torch.stack(masks).any(0)
-    buffers = {name for name, _ in model.named_buffers()}
+    buffers = [name for name, _ in model.named_buffers()]
     if buffers:  # BatchNorm statistics travel in the update but are no gradient: the attacker matches parameters only
-        params_only = torch.ones(spec.dim, dtype=torch.bool)
-        views = spec.unflatten(params_only)
-        for name in buffers:
-            views[name].fill_(False)
+        params_only = spec.mask_excluding(buffers)
         mask = params_only if mask is None else mask & params_only
     clip = defense.clip if defense.name in ("dp", "clip") and n == 1 else None
     threat = ("T3/" if n > 1 else "") + ("T1" if steps == 1 else "T2")

@@ -8,8 +8,8 @@ Each of ``clients`` clients owns a fixed IID shard and trains every round (full 
 the defense is a client stage (``DefendedClients``): every update a client sends passes through the
 same per-client stage the attacks saw (EF21 keeps each client's state across rounds; Soteria scores
 its features on the first 8 images of the client's shard at the model it received: the paper scores
-the batch it defends; 8 keeps the per-feature Jacobians affordable on a CPU -- ours). Under secure aggregation the
-server's sum divided by the group size is the same mean.
+the batch it defends; 8 keeps the per-feature Jacobians affordable on a CPU -- ours). Under secure
+aggregation the server's sum divided by the group size is the same mean.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class DefendedClients:
     """A client handler whose every TRAIN answer passes through a defense's per-client stage."""
 
     def __init__(self, handler, defense: DefenseConfig, spec: ParamSpec, seed: int, *, model=None, data=None,
-                 shards=None, score_samples: int = 32):
+                 shards=None, score_samples: int = 8):
         self.handler, self.defense, self.spec = handler, defense, spec
         # Soteria's: the architecture, each client's data and how many of its images score the features
         self.model, self.data, self.shards, self.score_samples = model, data, shards, score_samples

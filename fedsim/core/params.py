@@ -59,6 +59,14 @@ class ParamSpec:
             pos += size
         return out
 
+    def mask_excluding(self, names) -> torch.Tensor:
+        """``[D]`` bool: True on every coordinate except those of the named tensors."""
+        keep = torch.ones(self.dim, dtype=torch.bool)
+        views = self.unflatten(keep)  # views share keep's storage
+        for name in names:
+            views[name].fill_(False)
+        return keep
+
 
 WRAPPER_PREFIX = "_module."  # Opacus' GradSampleModule (and DPDDP) prefix every parameter name
 
