@@ -102,6 +102,7 @@ class RepairConfig:
     switch_round: int = 0       # round: repair up to this round
     min_staleness: int = 1      # answers less stale than this are aggregated as they are
     warm_start: bool = False    # start a client's inversion from its previous synthetic set (fixed data)
+    warm_step: float = 1.0      # image step of a warm-started inversion, as a fraction of image_lr
     plateau_steps: int = 0      # stop once no residual improved by plateau_tol within this many steps (0: off)
     plateau_tol: float = 0.01   # relative improvement that counts, for plateau_steps
     device: str = "cpu"         # where the server inverts: cpu | cuda | auto
@@ -423,6 +424,7 @@ def _validate_staleness(cfg: ExperimentConfig, need) -> None:
     need(0 < s.ef_momentum <= 1, "strategy.ef_momentum", f"must be in (0, 1] (1 = plain EF21), got {s.ef_momentum}")
     need(r.plateau_steps >= 0, "repair.plateau_steps", "must be >= 0 (0 = run every iteration)")
     need(0 <= r.plateau_tol < 1, "repair.plateau_tol", f"must be in [0, 1), got {r.plateau_tol}")
+    need(0 < r.warm_step <= 1, "repair.warm_step", f"must be in (0, 1] (a fraction of repair.image_lr), got {r.warm_step}")
 
 
 def _validate_adversary(a: AdversaryConfig, need) -> None:

@@ -115,14 +115,15 @@ def _start(model: nn.Module, spec: ParamSpec, prob: Problem, *, samples: int, lo
                       num_samples=samples, num_clients=1, batch_size=batch_size, lr=lr, local_steps=local_steps)
     labels = recover_labels(model, obs, input_shape, prob.gen)
     classes = int(spec.unflatten(prob.params_at_send)[last_linear(model)[1]].numel())
-    x = random_images(samples, input_shape, prob.gen, box)
-    return x, LABEL_SCALE * torch.nn.functional.one_hot(labels, classes).float()
+    x = random_images(samples, input_shape, prob.gen, box)  # on the CPU generator: the same start on any device
+    device = prob.params_at_send.device
+    return x.to(device), LABEL_SCALE * torch.nn.functional.one_hot(labels, classes).float().to(device)
 
 
 def invert_batch(model: nn.Module, spec: ParamSpec, problems: list[Problem], *, local_steps: int, lr: float,
                  batch_size: int, samples: int, input_shape: tuple, iterations: int, image_lr: float,
                  label_lr: float, tv: float, box: tuple[float, float] | None, plateau_steps: int = 0,
-                 plateau_tol: float = 0.0, trace=None) -> list[Inverted]:
+                 plateau_tol: float = 0.0, warm_step: float = 1.0, trace=None) -> list[Inverted]:
     """Step 1 for several stale answers at once: for each, ``(X, logits)`` with
     ``LocalUpdate(params_at_send, (X, softmax(logits))) ~ update``.
 
@@ -133,9 +134,10 @@ def invert_batch(model: nn.Module, spec: ParamSpec, problems: list[Problem], *, 
     5/8 and 7/8 of ``iterations`` (IG's schedule), or, with ``plateau_steps``, whenever no problem's
     best residual improved by more than ``plateau_tol`` (relative) in the last ``plateau_steps``
     steps, and the fourth plateau (or ``iterations``) stops it: a convergence-based stop with a step
-    cap. ``trace(step, residuals [B], best [B], best_x, best_logits)`` is called after every step
-    (measurements). The best
-    iterate seen per problem is returned."""
+    cap. A warm-started problem (``Problem.start``) takes image steps ``warm_step`` times as large
+    (ours): it starts near a solution, where the full step first moves away from it (``fedsim bench
+    repair``). ``trace(step, residuals [B], best [B], best_x, best_logits)`` is called after every
+    step (measurements). The best iterate seen per problem is returned."""
     from torch.func import functional_call, grad, vmap
 
     def loss(w, x, soft):
@@ -160,6 +162,11 @@ def invert_batch(model: nn.Module, spec: ParamSpec, problems: list[Problem], *, 
     update = torch.stack([p.update for p in problems])
     norm = update.abs().sum(1).clamp_min(1e-12)
     opt_x, opt_y = torch.optim.Adam([x], lr=image_lr), torch.optim.Adam([logits], lr=label_lr)
+    # Per-problem image step: Adam's moments do not depend on its rate, so scaling the move it makes
+    # is Adam at rate warm_step x image_lr for that problem.
+    scale = torch.tensor([warm_step if p.start is not None else 1.0 for p in problems], dtype=x.dtype,
+                         device=x.device).view(-1, *([1] * (x.ndim - 1)))
+    scaled = bool((scale != 1).any())
     decay = StepDecay(opt_x, iterations, plateau_steps, plateau_tol)
     best_x, best_y = x.detach().clone(), logits.detach().clone()
     best = torch.full((len(problems),), float("inf"))
@@ -170,14 +177,19 @@ def invert_batch(model: nn.Module, spec: ParamSpec, problems: list[Problem], *, 
         better = r < best  # NaN compares False: a diverged iterate is never kept
         if better.any():
             best = torch.where(better, r, best)
-            best_x[better], best_y[better] = x.detach()[better], logits.detach()[better]
+            on = better.to(x.device)
+            best_x[on], best_y[on] = x.detach()[on], logits.detach()[on]
         if trace is not None:
             trace(steps, r, best, best_x, best_y)
         if not torch.isfinite(r).any():
             break
         x.grad, logits.grad = gx.sign(), gy
+        before = x.detach().clone() if scaled else None
         opt_x.step()
         opt_y.step()
+        if scaled:
+            with torch.no_grad():
+                x.copy_(before + scale * (x - before))
         if box is not None:
             with torch.no_grad():
                 x.clamp_(*box)
@@ -209,7 +221,8 @@ def repair_batch(model: nn.Module, spec: ParamSpec, problems: list[Problem], par
     found = invert_batch(model, spec, problems, local_steps=local_steps, lr=lr, batch_size=batch_size,
                          samples=settings.samples, input_shape=input_shape, iterations=settings.iterations,
                          image_lr=settings.image_lr, label_lr=settings.label_lr, tv=settings.tv, box=box,
-                         plateau_steps=settings.plateau_steps, plateau_tol=settings.plateau_tol)
+                         plateau_steps=settings.plateau_steps, plateau_tol=settings.plateau_tol,
+                         warm_step=settings.warm_step)
     replay = dict(steps=local_steps, lr=lr, batch_size=batch_size)
     out = []
     for prob, inv in zip(problems, found):

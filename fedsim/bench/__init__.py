@@ -30,15 +30,34 @@ def set_args(overrides) -> list[str]:
 
 def int_list(text: str, what: str) -> list[int]:
     """A comma-separated list of positive integers from the command line (``what`` names the flag)."""
+    values = _number_list(text, what, int, "integers")
+    if min(values) < 1:
+        _bad(what, "positive integers", text)
+    return values
+
+
+def fraction_list(text: str, what: str) -> list[float]:
+    """A comma-separated list of numbers in (0, 1] from the command line."""
+    values = _number_list(text, what, float, "numbers")
+    if not all(0 < v <= 1 for v in values):
+        _bad(what, "numbers in (0, 1]", text)
+    return values
+
+
+def _number_list(text: str, what: str, kind, kinds: str) -> list:
+    try:
+        values = [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values:
+        _bad(what, f"comma-separated {kinds}", text)
+    return values
+
+
+def _bad(what: str, expected: str, text: str):
     from ..config import ConfigError
 
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ConfigError(f"{what} must be comma-separated integers, got '{text}'") from None
-    if not values or min(values) < 1:
-        raise ConfigError(f"{what} must be positive integers, got '{text}'")
-    return values
+    raise ConfigError(f"{what} must be {expected}, got '{text}'")
 
 
 def add_parser(sub) -> None:

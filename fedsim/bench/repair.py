@@ -10,7 +10,8 @@ to explain) and the repair error ``||LocalUpdate(x_t, D_rec) - d_true||_1 / ||d_
 the client's true update on the current model, beside the direct error ``||d_stale - d_true||_1 /
 ||d_true||_1`` (aggregating the stale update as it is). Warm: the same client's next update (10
 rounds later, when round-robin selects it again), inverted from the set found for the first one,
-against a cold start of the same problem. Batched: B stale answers inverted together (``vmap``)
+against a cold start of the same problem, with the warm start's image step at each ``--warm-step``
+fraction of the full one (``repair.warm_step``). Batched: B stale answers inverted together (``vmap``)
 and one by one for the same steps, side by side.
 """
 
@@ -21,7 +22,7 @@ import os
 import time
 from pathlib import Path
 
-from . import int_list, progress_log
+from . import fraction_list, int_list, progress_log
 
 CHECKPOINTS = (1, 3, 10, 30, 100, 300, 1000, 3000, 10000, 30000)
 
@@ -36,6 +37,8 @@ def add_parser(bsub) -> None:
     s.add_argument("--batch", default="4", help="stale answers inverted together, for the batched timing (list)")
     s.add_argument("--batch-steps", type=int, default=50, help="steps of the batched vs one-by-one timing")
     s.add_argument("--samples", type=int, default=32, help="synthetic samples (repair.samples)")
+    s.add_argument("--warm-step", default="1,0.1,0.01",
+                   help="image steps of the warm start, as fractions of repair.image_lr (list; repair.warm_step)")
     s.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     s.add_argument("--out", default=os.path.join("runs", "bench-repair"), help="output directory")
     s.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -47,15 +50,16 @@ def _cli(args) -> int:
 
     if args.steps < 1 or args.warmup < 0 or args.delay < 1 or args.batch_steps < 1:
         raise ConfigError("--steps, --delay and --batch-steps must be >= 1 and --warmup >= 0")
+    warm_steps = fraction_list(args.warm_step, "--warm-step")
     log = progress_log(args)
     result = bench_repair(args.model, args.steps, args.delay, args.warmup, int_list(args.batch, "--batch"),
-                          args.batch_steps, args.samples, args.device, Path(args.out), log)
+                          args.batch_steps, args.samples, args.device, Path(args.out), log, warm_steps)
     print(json.dumps(result, indent=2) if args.json else format_tables(result))
     return 0
 
 
 def bench_repair(model_name: str, steps: int, delay: int, warmup: int, batches: list[int], batch_steps: int,
-                 samples: int, device: str, out: Path, log=print) -> dict:
+                 samples: int, device: str, out: Path, log=print, warm_steps: list[float] = (1.0,)) -> dict:
     import numpy as np
     import torch
 
@@ -104,7 +108,7 @@ def bench_repair(model_name: str, steps: int, delay: int, warmup: int, batches: 
     def rel(a, b) -> float:
         return float((a - b).abs().sum() / b.abs().sum())
 
-    def curve(k: dict, start, seed: int) -> dict:
+    def curve(k: dict, start, seed: int, warm_step: float = 1.0) -> dict:
         points, marks = [], {m for m in CHECKPOINTS if m <= steps} | {steps}
 
         def trace(step, r, best, best_x, best_logits):
@@ -116,7 +120,7 @@ def bench_repair(model_name: str, steps: int, delay: int, warmup: int, batches: 
 
         t_start = time.perf_counter()
         inv = invert_batch(model, spec, [Problem(k["x_s"], k["stale"], torch.Generator().manual_seed(seed), start)],
-                           iterations=steps, trace=trace, **settings)[0]
+                           iterations=steps, trace=trace, warm_step=warm_step, **settings)[0]
         return {"points": points, "direct_error": rel(k["stale"], k["true"]), "found": (inv.x, inv.logits)}
 
     cid = stale_ids[0]
@@ -124,8 +128,10 @@ def bench_repair(model_name: str, steps: int, delay: int, warmup: int, batches: 
     log(f"bench repair: client {cid}, D = {delay}, cold inversion of its update at round {warmup + delay}")
     cold = curve(first, None, 0)
     log("bench repair: its next update, warm-started and cold")
-    warm = curve(second, cold["found"], 1)
-    cold2 = curve(second, None, 1)
+    curves = {"cold": _strip(cold)}
+    for ws in warm_steps:  # the same problem and start, with the warm start's image step scaled
+        curves["next update, warm" + ("" if ws == 1 else f", step x{ws:g}")] = _strip(curve(second, cold["found"], 1, ws))
+    curves["next update, cold"] = _strip(curve(second, None, 1))
     batched = []
     for b in batches:
         ks = [case(stale_ids[i % len(stale_ids)], warmup + i) for i in range(b)]
@@ -142,7 +148,7 @@ def bench_repair(model_name: str, steps: int, delay: int, warmup: int, batches: 
         log(f"bench repair: {b} answers x {batch_steps} steps: together {together:.2f} s, one by one {alone:.2f} s")
     result = {"model": model_name, "device": str(dev), "delay": delay, "warmup": warmup, "samples": samples,
               "client": cid, "dim": spec.dim,
-              "curves": {"cold": _strip(cold), "next update, warm": _strip(warm), "next update, cold": _strip(cold2)},
+              "warm_steps": list(warm_steps), "curves": curves,
               "batched": batched}
     out.mkdir(parents=True, exist_ok=True)
     (out / "repair.json").write_text(json.dumps(result, indent=2))

@@ -47,13 +47,14 @@ def idlg_label(model: nn.Module, obs: Observation) -> int:
 
 def count_labels(model: nn.Module, obs: Observation, input_shape: tuple, gen: torch.Generator,
                  *, probes: int = 64) -> torch.Tensor:
-    """``obs.num_samples`` labels (sorted) from the bias-gradient count estimate."""
+    """``obs.num_samples`` labels (sorted, on the CPU) from the bias-gradient count estimate."""
     n = obs.num_samples
     _, db = last_layer_gradient(model, obs)
     spec = ParamSpec.of(model)
-    with torch.no_grad():
-        dummy = torch.randn(probes, *input_shape, generator=gen)
-        pbar = torch.softmax(functional_call(model, spec.unflatten(obs.params), (dummy,)), -1).mean(0)
+    with torch.no_grad():  # probes drawn on the CPU generator: the same labels on every device
+        dummy = torch.randn(probes, *input_shape, generator=gen).to(obs.params.device)
+        pbar = torch.softmax(functional_call(model, spec.unflatten(obs.params), (dummy,)), -1).mean(0).cpu()
+    db = db.detach().cpu()
     k = 1.0
     if obs.kind != "gradient" or obs.clip_norm is not None:
         pos = db > 0

@@ -109,3 +109,30 @@ def test_cuda_training_matches_the_cpu_reference(trainer):
     got, _ = handler._train(start, jobs)
     assert got.device.type == "cpu"
     assert torch.allclose(got, ref, atol=1e-4, rtol=0)
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device (batched = one by one is checked on CPU in test_staleness)")
+def test_cuda_batched_repair_matches_the_cpu():
+    """repair.device = cuda: a round's stale answers inverted together on the GPU give what the CPU
+    gives (the same seeded starts; signed steps make long runs sensitive to round-off, so a short one)."""
+    from fedsim.config import RepairConfig
+    from fedsim.inversion.functional import local_update
+    from fedsim.repair import Problem, repair_batch
+
+    model = build_model("lenet", (1, 28, 28), 10, seed=0)
+    spec = ParamSpec.of(model)
+    w_s = spec.flatten(model.state_dict())
+    g = torch.Generator().manual_seed(0)
+    w_t = w_s + 0.01 * torch.randn(spec.dim, generator=g)
+    x, y = torch.rand(8, 1, 28, 28, generator=g), torch.randint(0, 10, (8,), generator=g)
+    replay = dict(local_steps=2, lr=0.05, batch_size=8)
+    update = local_update(model, spec, w_s, x, y, steps=2, lr=0.05, batch_size=8).detach()
+    settings = RepairConfig(samples=8, iterations=3, mode="correct")
+    results = {}
+    for dev in ("cpu", "cuda"):
+        problems = [Problem(w_s, update * (1 + 0.1 * i), torch.Generator().manual_seed(i)) for i in range(3)]
+        results[dev] = repair_batch(model.to(dev), spec, problems, w_t, settings=settings, input_shape=(1, 28, 28),
+                                    box=(0.0, 1.0), **replay)
+    for cpu, gpu in zip(results["cpu"], results["cuda"]):
+        assert gpu.update.device.type == "cpu"
+        assert abs(cpu.residual - gpu.residual) < 1e-3 and torch.allclose(cpu.update, gpu.update, atol=1e-4, rtol=1e-3)

@@ -199,7 +199,9 @@ def test_staleness_config_errors_name_the_key(tiny):
                               ("strategy.round_time", -1.0, "strategy.round_time"),
                               ("repair.mode", "guess", "repair.mode"),
                               ("repair.switch", "oracle", "repair.switch"),
-                              ("repair.samples", 0, "repair.samples")]:
+                              ("repair.samples", 0, "repair.samples"),
+                              ("repair.warm_step", 0.0, "repair.warm_step"),
+                              ("repair.warm_step", 1.5, "repair.warm_step")]:
         with pytest.raises(ConfigError, match=match):
             load_config(tiny(**{"strategy.name": "repair", key: value}))
     from helpers import federation
@@ -274,6 +276,26 @@ def test_answers_inverted_together_equal_answers_inverted_one_by_one():
     for i, c in enumerate(cases):
         alone = invert(model, spec, c[2], c[4], gen=torch.Generator().manual_seed(i), **_inversion_settings(iterations=15))
         assert torch.allclose(alone.x, together[i].x, atol=1e-5) and abs(alone.residual - together[i].residual) < 1e-5
+
+
+def test_warm_step_scales_only_the_warm_started_problems_image_step():
+    from fedsim.repair import Problem, invert, invert_batch
+
+    cases = [_convex_case(seed) for seed in (0, 1)]
+    model, spec = cases[0][0], cases[0][1]
+    start = (torch.full((1, 10), 0.2), torch.zeros(1, 4))
+    problems = [Problem(cases[0][2], cases[0][4], torch.Generator().manual_seed(0), start),
+                Problem(cases[1][2], cases[1][4], torch.Generator().manual_seed(1))]
+    both = invert_batch(model, spec, problems, warm_step=0.1, **_inversion_settings(iterations=15))
+    # Adam's moments do not depend on its rate: a 0.1 step is Adam at a tenth of image_lr ...
+    warm = invert(model, spec, cases[0][2], cases[0][4], gen=torch.Generator().manual_seed(0), start=start,
+                  **_inversion_settings(iterations=15, image_lr=0.01))
+    # ... and the cold problem beside it keeps the full step
+    cold = invert(model, spec, cases[1][2], cases[1][4], gen=torch.Generator().manual_seed(1),
+                  **_inversion_settings(iterations=15))
+    assert torch.allclose(both[0].x, warm.x, atol=1e-5) and torch.allclose(both[1].x, cold.x, atol=1e-5)
+    assert not torch.allclose(warm.x, invert(model, spec, cases[0][2], cases[0][4], start=start,
+                                             gen=torch.Generator().manual_seed(0), **_inversion_settings(iterations=15)).x)
 
 
 @pytest.mark.slow  # ~3 s
