@@ -24,8 +24,7 @@ def build_model(name: str, input_shape: tuple, num_classes: int, *,
 
     * ``logreg`` -- flatten + Linear.
     * ``mlp`` -- flatten, Linear 200, ReLU, Linear 200, ReLU, Linear.
-    * ``lenet`` -- conv5(16)-ReLU-pool2-conv5(32)-ReLU-pool2-FC 160-ReLU-FC, no padding (built as
-      conv-pool-ReLU, which is the same function with the same gradients, and faster); the FC
+    * ``lenet`` -- conv5(16)-ReLU-pool2-conv5(32)-ReLU-pool2-FC 160-ReLU-FC, no padding; the FC
       input is found by a dummy forward (512 for 28x28). Inputs smaller than 16x16 (e.g. 8x8
       digits) raise ``ValueError``: use ``cnn`` there.
     * ``cnn`` -- FedAU's MNIST model (IBM/fedau ``model/cnn_mnist.py``): conv3(32, pad 1)-ReLU-
@@ -89,11 +88,8 @@ def _lenet(shape: tuple, classes: int, _vocab) -> nn.Module:
     if min(h, w) < 16:
         raise ValueError(f"lenet needs H, W >= 16 (5x5 convs, no padding), got {shape}; "
                          "use 'cnn' or 'mlp' for small images")
-    # Pooling before the ReLU computes exactly what conv-ReLU-pool computes (max and ReLU commute,
-    # and both orders pass the gradient to the same element or to none), on a quarter of the
-    # elements for the ReLU and with a faster pooling kernel: 1.2-1.5x per training step on CPU.
-    features = nn.Sequential(nn.Conv2d(c, 16, 5), nn.MaxPool2d(2), nn.ReLU(),
-                             nn.Conv2d(16, 32, 5), nn.MaxPool2d(2), nn.ReLU(), nn.Flatten())
+    features = nn.Sequential(nn.Conv2d(c, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+                             nn.Conv2d(16, 32, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten())
     flat = _features_out(features, shape, "lenet")
     return nn.Sequential(*features, nn.Linear(flat, 160), nn.ReLU(), nn.Linear(160, classes))
 
