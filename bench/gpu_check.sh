@@ -6,7 +6,8 @@
 #   log.txt         everything the steps printed
 #   sim.json        fedsim bench sim --device cuda: vectorized vs sequential trainer, K = 10/100/1000
 #   repair.json     fedsim bench repair --device cuda --model lenet: residual / repair error vs steps
-#                   up to the paper's 10,000, warm vs cold, batched vs one-by-one inversion
+#                   up to the paper's 10,000, warm vs cold, batched vs one-by-one inversion (written
+#                   after every curve: a step that runs out of time keeps what it measured)
 #   staleness.json  fedsim run staleness-paper (LeNet) on the GPU, as many arms as the time left allows
 # Each step has its own time limit and the script stops starting steps 60 s before $GPU_CHECK_BUDGET
 # (default 540 s), so a slow step costs its own numbers only. GPU_CHECK_DEVICE=cpu GPU_CHECK_QUICK=1
@@ -58,7 +59,7 @@ if [ "$QUICK" = 1 ]; then
   STALE=(--set rounds=4 --set eval_every=2 --set stale_model_delay=2 --arms unstale,repair)
 else
   MODEL=lenet; SIM=(--cohorts 10,100,1000 --rounds 5)
-  REP=(--steps 10000 --batch 1,4,16 --batch-steps 200 --warm-step 1,0.1,0.01)
+  REP=(--steps 10000 --batch 4,16 --batch-steps 100 --warm-step 1,0.3)
   STALE=(--arms unstale,direct,repair,repair-correct,oracle,weighted,fedasync,fedbuff)
 fi
 
@@ -76,7 +77,7 @@ step tests 150 python3 -m pytest -q -p no:cacheprovider tests/equivalence/test_d
 step sim 150 bash -c 'python3 -m fedsim bench sim --device "$0" "${@}" --json >/tmp/sim.json' "$DEVICE" "${SIM[@]}"
 [ -s /tmp/sim.json ] && cp /tmp/sim.json "$OUT/sim.json"
 # 3. the batched repair inversion at the paper's step budget, LeNet
-step repair 200 python3 -m fedsim bench repair --device "$DEVICE" --model "$MODEL" "${REP[@]}" --out /tmp/bench-repair --json
+step repair 240 python3 -m fedsim bench repair --device "$DEVICE" --model "$MODEL" "${REP[@]}" --out /tmp/bench-repair --json
 [ -f /tmp/bench-repair/repair.json ] && cp /tmp/bench-repair/repair.json "$OUT/repair.json"
 # 4. the staleness-paper preset with its LeNet, clients and repair on the GPU, seed 0, arm after arm
 #    for the time left (the arms that finished are collected even if the step runs out of time)

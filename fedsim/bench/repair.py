@@ -124,15 +124,25 @@ def bench_repair(model_name: str, steps: int, delay: int, warmup: int, batches: 
         return {"points": points, "direct_error": rel(k["stale"], k["true"]), "found": (inv.x, inv.logits)}
 
     cid = stale_ids[0]
+    curves, batched = {}, []
+    result = {"model": model_name, "device": str(dev), "delay": delay, "warmup": warmup, "samples": samples,
+              "client": cid, "dim": spec.dim, "warm_steps": list(warm_steps), "curves": curves, "batched": batched}
+    out.mkdir(parents=True, exist_ok=True)
+
+    def save():  # after every curve and timing: a run stopped part-way keeps what it measured
+        (out / "repair.json").write_text(json.dumps(result, indent=2))
+
     first, second = case(cid, warmup), case(cid, warmup + 10)  # round-robin: selected again 10 rounds later
     log(f"bench repair: client {cid}, D = {delay}, cold inversion of its update at round {warmup + delay}")
     cold = curve(first, None, 0)
+    curves["cold"] = _strip(cold)
+    save()
     log("bench repair: its next update, warm-started and cold")
-    curves = {"cold": _strip(cold)}
     for ws in warm_steps:  # the same problem and start, with the warm start's image step scaled
         curves["next update, warm" + ("" if ws == 1 else f", step x{ws:g}")] = _strip(curve(second, cold["found"], 1, ws))
+        save()
     curves["next update, cold"] = _strip(curve(second, None, 1))
-    batched = []
+    save()
     for b in batches:
         ks = [case(stale_ids[i % len(stale_ids)], warmup + i) for i in range(b)]
         probs = [Problem(k["x_s"], k["stale"], torch.Generator().manual_seed(i)) for i, k in enumerate(ks)]
@@ -145,13 +155,8 @@ def bench_repair(model_name: str, steps: int, delay: int, warmup: int, batches: 
         alone = time.perf_counter() - t
         batched.append({"answers": b, "steps": batch_steps, "together_s": together, "one_by_one_s": alone,
                         "speedup": alone / together})
+        save()
         log(f"bench repair: {b} answers x {batch_steps} steps: together {together:.2f} s, one by one {alone:.2f} s")
-    result = {"model": model_name, "device": str(dev), "delay": delay, "warmup": warmup, "samples": samples,
-              "client": cid, "dim": spec.dim,
-              "warm_steps": list(warm_steps), "curves": curves,
-              "batched": batched}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "repair.json").write_text(json.dumps(result, indent=2))
     (out / "repair.md").write_text(format_tables(result) + "\n")
     _plot(result, out / "repair.png")
     return result
