@@ -12,14 +12,12 @@ WHEELS=(
   "grpcio-health-checking"
   "opacus==1.6.0" "opt-einsum" "dp-accounting==0.6.0" "dm-tree" "mnist1d==0.0.2.post1" "mlxtend==0.25.0"
 )
-PLATFORMS=()
-for n in 2_28 2_27 2_17 2014; do
-  case $n in 2014) PLATFORMS+=(--platform manylinux2014_x86_64) ;; *) PLATFORMS+=(--platform "manylinux_${n}_x86_64") ;; esac
-done
+PLATFORMS=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64
+           --platform manylinux2014_x86_64 --platform any)
 rm -rf .whl && mkdir -p .whl
 for w in "${WHEELS[@]}"; do
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-    "${PLATFORMS[@]}" --platform any -d .whl "$w"
+    "${PLATFORMS[@]}" -d .whl "$w"
 done
 src=${FASHION_MNIST_DIR:-/usr/share/datasets/fashion-mnist}
 rm -rf .gpu-data && mkdir -p .gpu-data/fashion-mnist

@@ -135,8 +135,8 @@ def invert_batch(model: nn.Module, spec: ParamSpec, problems: list[Problem], *, 
     best residual improved by more than ``plateau_tol`` (relative) in the last ``plateau_steps``
     steps, and the fourth plateau (or ``iterations``) stops it: a convergence-based stop with a step
     cap. A warm-started problem (``Problem.start``) takes image steps ``warm_step`` times as large
-    (ours): it starts near a solution, where the full step first moves away from it (``fedsim bench
-    repair``). ``trace(step, residuals [B], best [B], best_x, best_logits)`` is called after every
+    (ours; ``fedsim bench repair --warm-step`` measures it: no step size keeps the warm start's own
+    repair error, a smaller one helps a little after 100+ steps). ``trace(step, residuals [B], best [B], best_x, best_logits)`` is called after every
     step (measurements). The best iterate seen per problem is returned."""
     from torch.func import functional_call, grad, vmap
 

@@ -25,9 +25,10 @@ Each stage is a pure function of the flat update ``[D]`` (plus explicit state an
   (the features whose perturbation moves the reconstruction most per unit of change). The score,
   the 0.1 and the percentile threshold follow the reference code. Ours: on a multi-step update the
   mask is computed once at the model the client received and applied to the whole update; the
-  utility run computes it on 8 images of the client's shard (``fedsim.attacks.utility``). Known break (Balunovic et al., ICLR 2022): an
-  attacker that knows the defended layer matches without it -- ``adaptive = true`` gives the attacker
-  that knowledge (its matching mask drops the layer's weight).
+  utility run computes it on 8 images of the client's shard (``fedsim.attacks.utility``). Known
+  break (Balunovic et al., ICLR 2022): an attacker that knows the defended layer matches without
+  it -- ``adaptive = true`` gives the attacker that knowledge (its matching mask drops the layer's
+  weight).
 * ``secagg`` -- no per-client stage; the server sees only the sum over ``clients`` clients
   (applied by :func:`fedsim.attacks.observations.observe`; any defense may set ``clients`` > 1).
 * ``local-steps`` -- no stage; the client runs ``local_steps`` SGD steps before sending.

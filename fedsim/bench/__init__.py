@@ -14,6 +14,7 @@ handling (own sessions, stop by PID) is in ``processes.py``, the memory sampler 
 from __future__ import annotations
 
 import sys
+from typing import NoReturn
 
 BENCHMARKS = ("runtime", "sim", "scale", "noise", "repair", "attack")
 
@@ -54,7 +55,7 @@ def _number_list(text: str, what: str, kind, kinds: str) -> list:
     return values
 
 
-def _bad(what: str, expected: str, text: str):
+def _bad(what: str, expected: str, text: str) -> NoReturn:
     from ..config import ConfigError
 
     raise ConfigError(f"{what} must be {expected}, got '{text}'")
